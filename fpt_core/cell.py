@@ -1,0 +1,191 @@
+"""The cell: one training run, described by a flat resolved config.
+
+A cell's identity is a short hash of the fields that change its numbers, so two ablations that
+ask for the same run share one job and one result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+GROUPS = ("input", "positions", "layernorm", "attention", "feedforward", "output")
+FPT_GROUPS = ("input", "positions", "layernorm", "output")
+INITS = ("pretrained", "random", "statistics")
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+TOKENIZERS = ("paper", "fixed")
+
+# Fields that say where or how often, not what: they do not enter the cell's identity.
+NON_IDENTITY = ("data_dir", "checkpoint_every", "device", "progress")
+
+
+class ConfigError(ValueError):
+    """A bad key or value; its message is one line that names the key and the allowed values."""
+
+
+@dataclass
+class Cell:
+    task: str = "bit-xor"
+    backbone: str = "gpt2"
+    init: str = "pretrained"
+    trainable: tuple[str, ...] = FPT_GROUPS
+    depth: int | None = None  # keep the first `depth` blocks; None keeps all
+    lr: float = 1e-3
+    batch_size: int = 16
+    steps: int = 1000
+    eval_every: int = 100
+    eval_size: int | None = None  # held-out examples per evaluation; None is the whole split
+    grad_clip: float = 1.0
+    dropout: float = 0.1
+    weight_decay: float = 0.0
+    seed: int = 0
+    precision: str = "fp32"
+    threshold: float | None = None  # accuracy for steps-to-threshold; None takes the task's
+    max_len: int | None = None  # truncate token sequences (listops, homology)
+    n_train: int | None = None  # cap the training split (scaled-down runs)
+    tokenizer: str = "paper"  # listops: the paper's bracket-dropping one, or fixed
+    data_dir: str = "data"
+    checkpoint_every: int = 200
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["trainable"] = list(self.trainable)
+        return d
+
+    def identity(self) -> dict[str, Any]:
+        return {k: v for k, v in self.to_dict().items() if k not in NON_IDENTITY}
+
+    @property
+    def id(self) -> str:
+        return cell_id(self)
+
+
+def cell_id(cell: Cell) -> str:
+    blob = json.dumps(cell.identity(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+FIELDS = {f.name: f for f in fields(Cell)}
+
+
+def _allowed(name: str) -> str:
+    return ", ".join(name for name in FIELDS)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Turn a command-line string or a YAML value into the field's type, or raise ConfigError."""
+    kind = FIELDS[key].type
+    optional = "None" in kind
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ConfigError(f"{key}: may not be empty (type {kind})")
+    try:
+        if key == "trainable":
+            if isinstance(value, str):
+                value = [v for v in value.replace("+", ",").split(",") if v]
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            return tuple(str(v) for v in value)
+        if kind.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise TypeError
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise TypeError
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {kind}, got {value!r}") from None
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...] | list[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+
+
+def validate(cell: Cell) -> None:
+    """Check every field of a cell; registries are consulted for task and backbone names."""
+    from fpt_core.backbones import is_known_backbone, backbone_names
+    from fpt_core.tasks import TASKS
+
+    for f in fields(Cell):
+        setattr(cell, f.name, _coerce(f.name, getattr(cell, f.name)))
+    _choice("task", cell.task, sorted(TASKS))
+    if not is_known_backbone(cell.backbone):
+        raise ConfigError(
+            f"backbone: unknown value {cell.backbone!r}; allowed: {', '.join(backbone_names())}, "
+            "a Hugging Face model id (org/name) or a local directory"
+        )
+    _choice("init", cell.init, INITS)
+    _choice("precision", cell.precision, PRECISIONS)
+    _choice("device", cell.device, DEVICES)
+    _choice("tokenizer", cell.tokenizer, TOKENIZERS)
+    for group in cell.trainable:
+        _choice("trainable", group, GROUPS)
+    if len(set(cell.trainable)) != len(cell.trainable):
+        raise ConfigError(f"trainable: groups repeated in {','.join(cell.trainable)}")
+    cell.trainable = tuple(g for g in GROUPS if g in cell.trainable)  # canonical order
+    for key in ("batch_size", "steps", "eval_every", "checkpoint_every"):
+        if getattr(cell, key) <= 0:
+            raise ConfigError(f"{key}: must be a positive integer, got {getattr(cell, key)}")
+    for key in ("depth", "eval_size", "max_len", "n_train"):
+        value = getattr(cell, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key}: must be a positive integer or null, got {value}")
+    if not cell.lr > 0:
+        raise ConfigError(f"lr: must be a positive number, got {cell.lr}")
+    for key in ("grad_clip", "weight_decay"):
+        if getattr(cell, key) < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {getattr(cell, key)}")
+    if not 0 <= cell.dropout < 1:
+        raise ConfigError(f"dropout: must be in [0, 1), got {cell.dropout}")
+    if cell.threshold is not None and not 0 < cell.threshold <= 1:
+        raise ConfigError(f"threshold: must be in (0, 1], got {cell.threshold}")
+
+
+def make_cell(values: dict[str, Any]) -> Cell:
+    unknown = [k for k in values if k not in FIELDS]
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key; allowed keys: {_allowed(unknown[0])}")
+    return Cell(**values)
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`key=value` pairs, and cell files (YAML or JSON) whose keys later pairs override."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    for arg in args:
+        if "=" in arg:
+            key, _, value = arg.partition("=")
+            values[key.strip()] = value
+            continue
+        path = Path(arg)
+        if not path.is_file():
+            raise ConfigError(f"{arg}: neither key=value nor a cell file (YAML or JSON)")
+        loaded = yaml.safe_load(path.read_text())
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{arg}: a cell file must hold a mapping of key: value")
+        values.update(loaded)
+    return values

@@ -1,0 +1,180 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import fpt_core.train as train_mod
+from fpt_core import results
+from fpt_core.cell import make_cell
+from fpt_core.train import load_trained, train_cell
+
+TINY = {"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random", "progress": False,
+        "eval_size": 256}
+VOLATILE = ["wall_time_s", "finished_at", "hostname"]
+
+
+def fpt(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "fpt_core.cli", *args], capture_output=True,
+                          text=True, **kw)
+
+
+def comparable(out_dir):
+    summary = results.read_summary(out_dir).drop(columns=VOLATILE)
+    curve = results.read_curve(out_dir).drop(columns=["wall_time_s"])
+    return summary, curve
+
+
+def test_tiny_random_gpt2_learns_bit_xor(tmp_path):
+    cell = make_cell({**TINY, "steps": 600, "eval_every": 100, "lr": 1e-3, "batch_size": 32})
+    summary = train_cell(cell, tmp_path)
+    row = summary.iloc[0]
+    assert row["status"] == "finished" and row["steps_done"] == 600
+    assert row["final_test_acc"] == 1.0
+    assert row["steps_to_threshold"] <= 600
+    curve = results.read_curve(tmp_path)
+    assert list(curve["step"]) == list(range(100, 601, 100))
+    assert curve["test_acc"].iloc[0] < 1.0  # it learned, it did not start there
+
+
+def test_frozen_groups_stay_bitwise_and_trainable_ones_move(tmp_path, monkeypatch):
+    built = []
+    real_build = train_mod.build_model
+    monkeypatch.setattr(train_mod, "build_model", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    cell = make_cell({**TINY, "steps": 20, "eval_every": 20})
+    before = {n: p.detach().clone() for n, p in real_build(cell, train_mod.make_task(cell).spec).named_parameters()}
+    train_cell(cell, tmp_path)
+    after = dict(built[0].named_parameters())
+    frozen = [n for n, p in after.items() if not p.requires_grad]
+    trained = [n for n, p in after.items() if p.requires_grad]
+    assert frozen and trained
+    assert all(torch.equal(before[n], after[n].detach()) for n in frozen)
+    assert all(not torch.equal(before[n], after[n].detach()) for n in trained)
+    saved = torch.load(tmp_path / results.MODEL, weights_only=False)
+    assert set(saved["model"]) == set(trained)
+
+
+def test_same_cell_same_numbers(tmp_path):
+    cell = make_cell({**TINY, "steps": 30, "eval_every": 10, "dropout": 0.1})
+    train_cell(cell, tmp_path / "a")
+    train_cell(cell, tmp_path / "b")
+    for x, y in zip(comparable(tmp_path / "a"), comparable(tmp_path / "b")):
+        pd.testing.assert_frame_equal(x, y)
+
+
+def test_finished_cell_is_not_trained_again(tmp_path):
+    cell = make_cell({**TINY, "steps": 10, "eval_every": 10})
+    first = train_cell(cell, tmp_path)
+    mtime = (tmp_path / results.SUMMARY).stat().st_mtime_ns
+    second = train_cell(cell, tmp_path)
+    assert (tmp_path / results.SUMMARY).stat().st_mtime_ns == mtime
+    assert first["finished_at"].iloc[0] == second["finished_at"].iloc[0]
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
+    args = ["train", "task=bit-xor", "backbone=gpt2-tiny", "init=random", "steps=400",
+            "eval_every=50", "checkpoint_every=25", "eval_size=256", "progress=false"]
+    assert fpt(*args, f"out={tmp_path / 'whole'}").returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "fpt_core.cli", *args, f"out={killed}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / results.CHECKPOINT).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (killed / results.CHECKPOINT).exists() and not (killed / results.SUMMARY).exists()
+    resumed = fpt(*args, f"out={killed}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from step" in resumed.stderr
+    for x, y in zip(comparable(tmp_path / "whole"), comparable(killed)):
+        pd.testing.assert_frame_equal(x, y)
+
+
+def test_sigterm_checkpoints_and_exits_for_requeue(tmp_path):
+    args = ["train", "task=bit-xor", "backbone=gpt2-tiny", "init=random", "steps=100000",
+            "eval_every=1000", "checkpoint_every=100000", "progress=false", f"out={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "fpt_core.cli", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # past import and model build, inside the loop
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    state = results.load_checkpoint(tmp_path, make_cell(dict(a.split("=") for a in args[1:-1])).id)
+    assert state is not None and state["step"] > 0
+
+
+def test_non_finite_loss_ends_as_diverged_keeping_best_accuracy(tmp_path, monkeypatch):
+    real_make_task = train_mod.make_task
+
+    def poisoned(cell):
+        task = real_make_task(cell)
+        real_batch = task.train_batch
+
+        def batch(step, batch_size):
+            x, y = real_batch(step, batch_size)
+            return (x * float("nan") if step >= 25 else x), y
+
+        task.train_batch = batch
+        return task
+
+    monkeypatch.setattr(train_mod, "make_task", poisoned)
+    cell = make_cell({**TINY, "steps": 100, "eval_every": 10})
+    row = train_cell(cell, tmp_path).iloc[0]
+    assert row["status"] == "diverged"
+    assert row["steps_done"] == 25
+    curve = results.read_curve(tmp_path)
+    assert list(curve["step"]) == [10, 20]
+    assert row["best_test_acc"] == curve["test_acc"].max()
+
+
+def test_load_trained_rebuilds_the_same_predictions(tmp_path):
+    cell = make_cell({**TINY, "steps": 20, "eval_every": 20, "dropout": 0.0})
+    summary = train_cell(cell, tmp_path)
+    cell2, model, task = load_trained(tmp_path)
+    assert cell2.id == cell.id
+    loss, acc = train_mod.evaluate(model, task.eval_batches(64), cell2, torch.device("cpu"))
+    assert acc == pytest.approx(summary["final_test_acc"].iloc[0])
+
+
+def test_corrupt_checkpoint_falls_back_to_previous_with_warning(tmp_path):
+    cell = make_cell({**TINY, "steps": 40, "eval_every": 10})
+    results.save_checkpoint({"cell_id": cell.id, "step": 1}, tmp_path)
+    results.save_checkpoint({"cell_id": cell.id, "step": 2}, tmp_path)
+    path = tmp_path / results.CHECKPOINT
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.warns(UserWarning, match="checkpoint.pt"):
+        state = results.load_checkpoint(tmp_path, cell.id)
+    assert state["step"] == 1
+
+
+def test_half_written_summary_is_not_taken_as_finished(tmp_path):
+    cell = make_cell({**TINY, "steps": 10, "eval_every": 10})
+    train_cell(cell, tmp_path)
+    path = tmp_path / results.SUMMARY
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.warns(UserWarning, match="summary.parquet"):
+        assert results.finished_summary(tmp_path, cell.id) is None
+
+
+def test_bf16_reaches_the_same_accuracy_as_fp32(tmp_path):
+    accs = {}
+    for precision in ("fp32", "bf16"):
+        cell = make_cell({**TINY, "steps": 600, "eval_every": 600, "batch_size": 32,
+                          "precision": precision})
+        accs[precision] = train_cell(cell, tmp_path / precision)["final_test_acc"].iloc[0]
+    assert accs["fp32"] == accs["bf16"] == 1.0
+
+
+def test_summary_records_counts_and_config(tmp_path):
+    cell = make_cell({**TINY, "steps": 10, "eval_every": 10})
+    row = train_cell(cell, tmp_path).iloc[0]
+    assert row["cell_id"] == cell.id and row["trainable"] == "input,positions,layernorm,output"
+    assert row["params_trainable"] == sum(row[f"params_{g}"] for g in cell.trainable)
+    assert row["params_total"] > row["params_trainable"] > 0
+    assert np.isfinite(row["final_test_loss"])
