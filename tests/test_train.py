@@ -16,6 +16,7 @@ from fpt_core.train import load_trained, train_cell
 
 TINY = {"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random", "progress": False,
         "eval_size": 256}
+ALL_GROUPS = "input,positions,layernorm,attention,feedforward,output"
 VOLATILE = ["wall_time_s", "finished_at", "hostname"]
 
 
@@ -31,15 +32,25 @@ def comparable(out_dir):
 
 
 def test_tiny_random_gpt2_learns_bit_xor(tmp_path):
-    cell = make_cell({**TINY, "steps": 600, "eval_every": 100, "lr": 1e-3, "batch_size": 32})
+    cell = make_cell({**TINY, "steps": 500, "eval_every": 50, "batch_size": 32, "trainable": ALL_GROUPS})
     summary = train_cell(cell, tmp_path)
     row = summary.iloc[0]
-    assert row["status"] == "finished" and row["steps_done"] == 600
+    assert row["status"] == "finished" and row["steps_done"] == 500
     assert row["final_test_acc"] == 1.0
-    assert row["steps_to_threshold"] <= 600
+    assert row["steps_to_threshold"] <= 500
     curve = results.read_curve(tmp_path)
-    assert list(curve["step"]) == list(range(100, 601, 100))
-    assert curve["test_acc"].iloc[0] < 1.0  # it learned, it did not start there
+    assert list(curve["step"]) == list(range(50, 501, 50))
+    assert curve["test_acc"].iloc[0] < 0.9  # it learned, it did not start there
+
+
+@pytest.mark.slow
+def test_frozen_pretrained_minilm_learns_bit_xor(tmp_path):
+    """The paper's claim at its smallest: frozen language weights, only the FPT groups trained."""
+    cell = make_cell({**TINY, "backbone": "minilm-l6", "init": "pretrained", "steps": 400,
+                      "eval_every": 100, "batch_size": 32, "precision": "bf16"})
+    row = train_cell(cell, tmp_path).iloc[0]
+    assert row["params_trainable"] < 0.002 * row["params_total"]
+    assert row["best_test_acc"] == 1.0
 
 
 def test_frozen_groups_stay_bitwise_and_trainable_ones_move(tmp_path, monkeypatch):
@@ -77,8 +88,8 @@ def test_finished_cell_is_not_trained_again(tmp_path):
 
 
 def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
-    args = ["train", "task=bit-xor", "backbone=gpt2-tiny", "init=random", "steps=400",
-            "eval_every=50", "checkpoint_every=25", "eval_size=256", "progress=false"]
+    args = ["train", "task=bit-xor", "backbone=gpt2-tiny", "init=random", "steps=200",
+            "eval_every=50", "checkpoint_every=30", "eval_size=256", "progress=false"]
     assert fpt(*args, f"out={tmp_path / 'whole'}").returncode == 0
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "fpt_core.cli", *args, f"out={killed}"],
@@ -98,15 +109,18 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
 
 def test_sigterm_checkpoints_and_exits_for_requeue(tmp_path):
     args = ["train", "task=bit-xor", "backbone=gpt2-tiny", "init=random", "steps=100000",
-            "eval_every=1000", "checkpoint_every=100000", "progress=false", f"out={tmp_path}"]
+            "eval_every=1000", "checkpoint_every=10", "progress=false", f"out={tmp_path}"]
     proc = subprocess.Popen([sys.executable, "-m", "fpt_core.cli", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(8)  # past import and model build, inside the loop
+    deadline = time.time() + 120
+    while not (tmp_path / results.CHECKPOINT).exists() and time.time() < deadline:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
+    assert "preempted" in err
     state = results.load_checkpoint(tmp_path, make_cell(dict(a.split("=") for a in args[1:-1])).id)
-    assert state is not None and state["step"] > 0
+    assert state is not None and state["step"] >= 10 and not (tmp_path / results.SUMMARY).exists()
 
 
 def test_non_finite_loss_ends_as_diverged_keeping_best_accuracy(tmp_path, monkeypatch):
@@ -162,11 +176,12 @@ def test_half_written_summary_is_not_taken_as_finished(tmp_path):
         assert results.finished_summary(tmp_path, cell.id) is None
 
 
+@pytest.mark.slow
 def test_bf16_reaches_the_same_accuracy_as_fp32(tmp_path):
     accs = {}
     for precision in ("fp32", "bf16"):
-        cell = make_cell({**TINY, "steps": 600, "eval_every": 600, "batch_size": 32,
-                          "precision": precision})
+        cell = make_cell({**TINY, "steps": 500, "eval_every": 500, "batch_size": 32,
+                          "trainable": ALL_GROUPS, "precision": precision})
         accs[precision] = train_cell(cell, tmp_path / precision)["final_test_acc"].iloc[0]
     assert accs["fp32"] == accs["bf16"] == 1.0
 

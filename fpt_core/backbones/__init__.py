@@ -1,0 +1,22 @@
+"""Backbones of the FPT: a registry of named ones, hub ids, directories and the LSTM baseline."""
+from fpt_core.backbones.base import Backbone
+from fpt_core.backbones.registry import (
+    BACKBONES,
+    BackboneSpec,
+    backbone_names,
+    build_backbone,
+    is_known_backbone,
+    n_blocks_of,
+    resolve,
+)
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BackboneSpec",
+    "backbone_names",
+    "build_backbone",
+    "is_known_backbone",
+    "n_blocks_of",
+    "resolve",
+]

@@ -1,0 +1,136 @@
+"""TAPE remote homology: fold classification of protein domains (1195 folds).
+
+Sequences are tokenized with TAPE's IUPAC vocabulary (30 ids, <pad> = 0) and wrapped in <cls> and
+<sep> as TAPE's tokenizer does; the paper's model took these 30 ids as its input vocabulary.
+TAPE ships each split as LMDB (pickled records) or, in its raw release, as JSON (a list of
+records); records hold `primary` (the amino-acid string) and `fold_label`.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fpt_core.tasks.base import DataError, Task, TaskSpec, missing, one_line
+
+IUPAC = ["<pad>", "<mask>", "<cls>", "<sep>", "<unk>"] + list("ABCDEFGHIKLMNOPQRSTUVWXYZ")
+CLS, SEP = IUPAC.index("<cls>"), IUPAC.index("<sep>")
+N_FOLDS = 1195
+DEFAULT_LEN = 1024  # the paper's max_seq_len
+_LUT = np.full(256, 255, dtype=np.uint8)
+for _id, _token in enumerate(IUPAC[5:], start=5):
+    _LUT[ord(_token)] = _id
+
+JSON_URL = "http://s3.amazonaws.com/proteindata/data_raw/remote_homology.tar.gz"
+LMDB_URL = "http://s3.amazonaws.com/proteindata/data_pytorch/remote_homology.tar.gz"
+HOW = ("on a machine with internet run `fpt data remote-homology dir=DATA_DIR`, or unpack TAPE's "
+       f"JSON release {JSON_URL} in {{folder}} (the LMDB release {LMDB_URL} needs the `lmdb` package)")
+
+
+def encode(primary: str, where: str) -> np.ndarray:
+    ids = _LUT[np.frombuffer(primary.encode("ascii", errors="replace"), dtype=np.uint8)]
+    if (ids == 255).any():
+        bad = primary[int(np.argmax(ids == 255))]
+        raise DataError(f"{where}: unknown amino acid {bad!r} in primary; expected one of "
+                        f"{''.join(IUPAC[5:])}")
+    return np.concatenate([[CLS], ids, [SEP]]).astype(np.uint8)
+
+
+def read_records(path: Path) -> list[dict]:
+    if path.suffix == ".json":
+        with open(path) as f:
+            try:
+                records = json.load(f)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(records, list):
+            raise DataError(f"{path}: expected a JSON list of records, found {type(records).__name__}")
+        return records
+    try:
+        import lmdb
+    except ImportError:
+        raise DataError(f"{path}: reading TAPE's LMDB files needs the `lmdb` package (pip install "
+                        "lmdb); or provide the JSON release instead") from None
+    env = lmdb.open(str(path), max_readers=1, readonly=True, lock=False, readahead=False, meminit=False)
+    with env.begin(write=False) as txn:
+        n = pickle.loads(txn.get(b"num_examples"))
+        return [pickle.loads(txn.get(str(i).encode())) for i in range(n)]
+
+
+def to_tensors(records: list[dict], n_tokens: int, where: Path) -> tuple[Tensor, Tensor]:
+    """Left-padded ids (N, n_tokens) uint8 and fold labels (N, 1); long sequences keep their start."""
+    ids = np.zeros((len(records), n_tokens), dtype=np.uint8)
+    labels = np.empty(len(records), dtype=np.int64)
+    for i, record in enumerate(records):
+        if not isinstance(record, dict) or "primary" not in record or "fold_label" not in record:
+            raise DataError(f"{where}: record {i} lacks the fields primary and fold_label")
+        tokens = encode(str(record["primary"]), f"{where}: record {i}")[:n_tokens]
+        ids[i, n_tokens - len(tokens):] = tokens
+        label = record["fold_label"]
+        if isinstance(label, (list, np.ndarray)) and np.size(label) == 1:
+            label = np.asarray(label).item()
+        if not isinstance(label, (int, np.integer)) or not 0 <= label < N_FOLDS:
+            raise DataError(f"{where}: record {i} has fold_label {label!r}; expected an int in 0..{N_FOLDS - 1}")
+        labels[i] = label
+    return torch.from_numpy(ids), torch.from_numpy(labels)[:, None]
+
+
+class RemoteHomology(Task):
+    name = "remote-homology"
+    eval_split = "valid"  # the paper's code scored TAPE's 'valid' split, not the fold holdout
+
+    def make_spec(self) -> TaskSpec:
+        return TaskSpec(name=self.name, input_kind="tokens", input_dim=len(IUPAC),
+                        n_tokens=self.max_len or DEFAULT_LEN, n_classes=N_FOLDS, n_readout=1,
+                        n_predictions=1, chance=1 / N_FOLDS, threshold=0.12)
+
+    @classmethod
+    def folder(cls, data_dir) -> Path:
+        return Path(data_dir) / "remote-homology"
+
+    @classmethod
+    def data_files(cls, data_dir) -> list[Path]:
+        return [cls._find(data_dir, split) or cls.folder(data_dir) / f"remote_homology_{split}.json"
+                for split in ("train", cls.eval_split)]
+
+    @classmethod
+    def _find(cls, data_dir, split: str) -> Path | None:
+        """The split's file: JSON first, then LMDB, flat or in the tarball's remote_homology/."""
+        for sub in (cls.folder(data_dir), cls.folder(data_dir) / "remote_homology"):
+            for suffix in (".json", ".lmdb"):
+                path = sub / f"remote_homology_{split}{suffix}"
+                if path.exists():
+                    return path
+        return None
+
+    @classmethod
+    def prepare(cls, data_dir, **options) -> None:
+        super().prepare(data_dir, **options)
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        folder = cls.folder(data_dir)
+        try:
+            download_and_extract_archive(JSON_URL, download_root=str(folder))
+        except Exception as e:  # no network here: say what to do instead
+            raise DataError(f"{cls.name}: download of {JSON_URL} into {folder} failed "
+                            f"({one_line(e)}); fetch it on a machine with internet and "
+                            f"unpack it there") from None
+
+    def _split(self, split: str) -> tuple[Tensor, Tensor]:
+        path = self._find(self.data_dir, split)
+        if path is None:
+            folder = self.folder(self.data_dir)
+            files = [f"remote_homology_{s}.json" for s in ("train", self.eval_split)]
+            raise missing(self.name, folder, files, HOW.format(folder=folder))
+        return to_tensors(read_records(path), self.spec.n_tokens, path)
+
+    def _load(self) -> None:
+        self._set_train(*self._split("train"))
+        self._set_held_out(*self._split(self.eval_split))
+
+    def _features(self, raw: Tensor, aug: torch.Generator | None) -> Tensor:
+        return raw.long()
