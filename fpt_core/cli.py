@@ -19,7 +19,7 @@ commands:
   params   parameter count per group as JSON: fpt params task=cifar10 backbone=gpt2 init=random
   tasks    list the tasks and their shapes
   backbones  list the registered backbones
-  data     prepare a task's data: fpt data listops dir=data/listops n_train=2000 ...
+  data     prepare a task's data under dir: fpt data listops dir=data n_train=2000 ...
   bench    speed benchmark (fpt bench --help)
 """
 

@@ -133,6 +133,7 @@ def train_cell(cell: Cell, out_dir: str | Path) -> pd.DataFrame:
     done = results.finished_summary(out_dir, cell.id)
     if done is not None:
         print(f"cell {cell.id} already finished in {out_dir}", file=sys.stderr)
+        results.remove_checkpoints(out_dir)  # left behind if a kill came right after the summary
         return done
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cell.device)
