@@ -114,8 +114,11 @@ class FPT(nn.Module):
         """Attention weights per kept block, (B, heads, T, T), computed in eval mode."""
         was_training = self.training
         self.eval()
+        low = any(p.dtype == torch.bfloat16 for p in self.backbone.parameters())
+        cast = torch.autocast(x.device.type, dtype=torch.bfloat16) if low else nullcontext()
         try:
-            return [m.detach() for m in self.backbone.attention_maps(self.embed(x))]
+            with cast:
+                return [m.detach().float() for m in self.backbone.attention_maps(self.embed(x))]
         finally:
             self.train(was_training)
 
@@ -149,7 +152,22 @@ def build_model(cell, spec, device: str | torch.device | None = None) -> FPT:
             )
         model = FPT(spec, backbone, dropout=cell.dropout)
     model.set_trainable(cell.trainable)
+    if getattr(cell, "precision", "fp32") == "bf16" and not meta:
+        store_frozen_matrices_in_bf16(model)
     return model if meta or device is None else model.to(device)
+
+
+def store_frozen_matrices_in_bf16(model: FPT) -> None:
+    """Autocast casts every frozen weight matrix to bf16 at every step; cast them once instead.
+
+    Bitwise the same products under autocast; outside autocast (attention_maps, export) the
+    caller needs autocast or a float copy.
+    """
+    for module in model.backbone.modules():
+        own = list(module.parameters(recurse=False))
+        is_matrix = isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+        if is_matrix and own and not any(p.requires_grad for p in own):
+            module.to(torch.bfloat16)
 
 
 def param_counts(model: FPT) -> dict[str, int]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import fpt_core
-from fpt_core import results
+from fpt_core import features, results
 from fpt_core.cell import GROUPS, Cell, make_cell
 from fpt_core.model import build_model, param_counts
 from fpt_core.tasks import make_task
@@ -155,6 +155,10 @@ def train_cell(cell: Cell, out_dir: str | Path) -> pd.DataFrame:
             optimizer.load_state_dict(checkpoint.pop("optimizer"))
         state.update(checkpoint)
         print(f"resumed from step {state['step']} ({out_dir / results.CHECKPOINT})", file=sys.stderr)
+    elif features.can_cache(cell, task):
+        # Nothing below the output layer trains: its inputs are computed once, not every step.
+        state.update(features.train_output_only(cell, task, model, device))
+        return finish(cell, state, model, task, device, threshold, out_dir)
 
     def save() -> None:
         results.save_checkpoint(

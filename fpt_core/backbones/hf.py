@@ -199,12 +199,24 @@ def _with_sdpa(make, *args, **kwargs):
         return make(*args, **kwargs)  # a real error raises again here
 
 
+def fuse_activations(model: nn.Module) -> nn.Module:
+    """GPT-2's gelu_new runs as eight Python elementwise ops (and their backward); GELUTanh is
+    the same function in one kernel."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, GELUTanh())
+    return model
+
+
 def hf_from_config(config) -> nn.Module:
     from transformers import AutoModel
 
     with quiet_transformers():
         model = _with_sdpa(AutoModel.from_config, config, dtype=torch.float32)
-    return model.float()
+    return fuse_activations(model.float())
 
 
 def hf_from_pretrained(source: str, backbone: str, **config_overrides) -> nn.Module:
@@ -217,7 +229,7 @@ def hf_from_pretrained(source: str, backbone: str, **config_overrides) -> nn.Mod
             )
     except OSError as err:
         raise hub_error(backbone, source, err) from None
-    return model.float()
+    return fuse_activations(model.float())
 
 
 def hf_config(source: str, backbone: str):
