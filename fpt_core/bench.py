@@ -1,0 +1,643 @@
+"""`fpt bench`: the speed levers, each measured as a ratio taken side by side in one run.
+
+Shared machines make absolute timings noisy, so every measure alternates its two contenders
+repeat by repeat in one process and compares medians. One JSON object per line:
+
+    {"measure", "device", "dtype", "ours", "baseline", "ratio", "unit", "target", "met",
+     "peak_mem_mb", ...}
+
+Measures:
+- step_throughput: the trainer's step on the model fpt_core.model.build_model gives a bf16 cell
+  (bf16 autocast, fused attention and GELU, frozen matrices stored in bf16, batches from the
+  task as torch tensors) against a step written the way the paper's code trains (fp32, eager
+  attention, HF's Python GELU, a batch built in NumPy each step, a loss.item() every step),
+  same weights, batch and frozen groups. GPT-2-small-shaped FPT, random weights, on the
+  cifar10 shape (64 tokens of 48) and bit-memory (120 tokens of 50, 1000 bits read from the
+  last 20 tokens).
+- mfu: the step's useful FLOPs per second (step_flops) over the peak of a large matrix product
+  in the same dtype, timed between the same repeats.
+- output_only_epoch: an output-layer-only epoch on cached frozen features (fpt_core.features)
+  against the trainer path that runs the backbone every step.
+- shared_backbone: cells at batch 4 that share one frozen backbone stepped together
+  (fpt_core.ensemble) against the same cells stepped one after another.
+- dry_run: `snakemake -n --configfile config/paper.yaml --quiet`, in seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MEASURES = ("step", "mfu", "output_only", "shared", "dry_run")
+TARGETS = {"step_throughput": 3.0, "mfu": 0.35, "output_only_epoch": 100.0,
+           "shared_backbone": 2.0, "dry_run": 10.0}
+
+
+@dataclass(frozen=True)
+class Settings:
+    backbone: str  # gpt2, or gpt2-tiny for smoke tests
+    depth: int | None  # blocks kept; None keeps all 12
+    repeats: int  # alternating repeats per measure
+    steps: int  # steps timed per repeat
+    n_train: int  # output-only split size
+    n_cells: int  # cells in the shared-backbone measure
+    device: torch.device
+    compile: bool
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fpt bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="few repeats and 3 of the 12 blocks (< 2 min on 2 cores)")
+    p.add_argument("--tiny", action="store_true", help="the 2-block gpt2-tiny backbone (smoke test)")
+    p.add_argument("--out", help="also write the JSON lines to this file")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default 1 on the CPU: on a shared machine a descheduled "
+                        "OpenMP thread stalls the others at every barrier)")
+    p.add_argument("--repeats", type=int, help="alternating repeats per measure")
+    p.add_argument("--depth", type=int, help="GPT-2 blocks kept (default 3 with --quick, else 12)")
+    p.add_argument("--only", help=f"comma-separated subset of: {', '.join(MEASURES)}")
+    p.add_argument("--compile", action="store_true", help="torch.compile our model (slow to start on CPU)")
+    p.add_argument("--workdir", default=str(Path(__file__).resolve().parent.parent),
+                   help="directory holding the Snakefile for the dry run")
+    return p.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    if args.tiny:
+        return Settings("gpt2-tiny", None, args.repeats or 2, 1, 64, 2, device, args.compile)
+    depth = args.depth if args.depth is not None else (3 if args.quick else None)
+    if args.quick:
+        return Settings("gpt2", depth, args.repeats or 3, 1, 128, 4, device, args.compile)
+    return Settings("gpt2", depth, args.repeats or 5, 2, 512, 4, device, args.compile)
+
+
+# ---------------------------------------------------------------- memory and timing
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # clears the kernel's RSS high-water mark (VmHWM) for this process
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def alternate(contenders: dict, repeats: int, device: torch.device) -> dict[str, dict]:
+    """Run each contender once to warm up, then in turn `repeats` times: median seconds and peak MB."""
+    for run in contenders.values():
+        run()
+    sync(device)
+    times = {name: [] for name in contenders}
+    peaks = {name: 0.0 for name in contenders}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            reset_peak(device)
+            sync(device)
+            start = time.perf_counter()
+            run()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+            peaks[name] = max(peaks[name], peak_mb(device))
+    return {name: {"s": statistics.median(times[name]), "all_s": [round(t, 4) for t in times[name]],
+                   "peak_mb": peaks[name]} for name in contenders}
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    amx = " AMX" if _cpu_flag("amx_bf16") else ""
+    return f"cpu ({cpu}{amx}, {torch.get_num_threads()} threads)"
+
+
+def _cpu_flag(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- FLOPs
+
+def step_flops(*, batch: int, tokens: int, hidden: int, ff: int, layers: int, input_dim: int,
+               input_kind: str, n_readout: int, out_per_token: int, trainable) -> dict[str, int]:
+    """Matmul FLOPs of one training step, counted from the shapes (2 per multiply-add).
+
+    Forward: input layer, per block the q/k/v and output projections (8 B T d^2), the attention
+    scores and their weighted sum (4 B T^2 d), the MLP (4 B T d f), and the output layer on the
+    readout tokens. Backward: the output layer's weight and input gradients; when anything
+    below the output layer trains, each block's activation gradients (one product per weight
+    matrix, two per attention product) plus weight gradients only for trainable block weights;
+    the input layer's weight gradient when it trains. Norms, softmax and elementwise work are
+    not counted.
+    """
+    trainable = set(trainable)
+    bt = batch * tokens
+    attn_proj = 8 * bt * hidden * hidden
+    attn_scores = 4 * batch * tokens * tokens * hidden
+    mlp = 4 * bt * hidden * ff
+    inp = 2 * bt * input_dim * hidden if input_kind == "vector" else 0
+    out = 2 * batch * n_readout * hidden * out_per_token
+    forward = inp + layers * (attn_proj + attn_scores + mlp) + out
+    below_output = trainable - {"output"}
+    backward = out if "output" in trainable else 0
+    if below_output:
+        backward += out  # the gradient reaching the final hidden states
+        backward += layers * (attn_proj + 2 * attn_scores + mlp)
+        backward += layers * (attn_proj * ("attention" in trainable) + mlp * ("feedforward" in trainable))
+        backward += inp * ("input" in trainable)
+    return {"forward": forward, "backward": backward, "total": forward + backward}
+
+
+def model_flops(model, batch: int) -> dict[str, int]:
+    """step_flops for an FPT on an HF transformer backbone, read from its config and spec."""
+    config = model.backbone.model.config
+    hidden = config.hidden_size
+    ff = getattr(config, "n_inner", None) or getattr(config, "intermediate_size", None) or 4 * hidden
+    spec = model.spec
+    trainable = [g for g, params in model.named_groups().items() if any(p.requires_grad for _, p in params)]
+    return step_flops(batch=batch, tokens=spec.n_tokens, hidden=hidden, ff=ff,
+                      layers=config.num_hidden_layers, input_dim=spec.input_dim,
+                      input_kind=spec.input_kind, n_readout=spec.n_readout,
+                      out_per_token=spec.n_predictions // spec.n_readout * spec.n_classes,
+                      trainable=trainable)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, tries: int = 5):
+    """(run, best): each run times `tries` n x n x n products (2 n^3 FLOPs each) and appends
+    the fastest to best, since a peak is what the hardware reaches when nothing interferes."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best: list[float] = []
+
+    def run():
+        times = []
+        for _ in range(tries):
+            sync(device)
+            start = time.perf_counter()
+            a @ b
+            sync(device)
+            times.append(time.perf_counter() - start)
+        best.append(min(times))
+
+    return run, best
+
+
+# ---------------------------------------------------------------- tasks and steps
+
+class TensorPool:
+    """Training batches prebuilt as torch tensors, served by step as a task's train_batch."""
+
+    def __init__(self, spec, batch_size: int, seed: int = 0, pool: int = 4):
+        g = torch.Generator().manual_seed(seed)
+        self.spec = spec
+        self.batches = [synthetic_batch(spec, batch_size, g) for _ in range(pool)]
+
+    def train_batch(self, step: int, batch_size: int):
+        return self.batches[step % len(self.batches)]
+
+
+def synthetic_batch(spec, batch_size: int, g: torch.Generator):
+    x = torch.randn(batch_size, spec.n_tokens, spec.input_dim, generator=g)
+    y = torch.randint(0, spec.n_classes, (batch_size, spec.n_predictions), generator=g)
+    return x, y
+
+
+def numpy_batch(spec, batch_size: int, rng: np.random.Generator):
+    """A batch built in NumPy every step, as the paper's data code did."""
+    if spec.name == "bit-memory":
+        bits = rng.integers(0, 2, size=(batch_size, 5, 1000)) * 2 - 1
+        which = rng.integers(0, 5, size=batch_size)
+        query = bits[np.arange(batch_size), which]
+        masked = query * rng.integers(0, 2, size=query.shape)
+        x = np.concatenate([bits, masked[:, None]], axis=1).reshape(batch_size, spec.n_tokens, spec.input_dim)
+        y = (query > 0).astype(np.int64)
+    else:
+        x = rng.standard_normal((batch_size, spec.n_tokens, spec.input_dim))
+        y = rng.integers(0, spec.n_classes, size=(batch_size, spec.n_predictions))
+    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)
+
+
+def trainer_step(model, optimizer, params, task, cell, device, step: int) -> float:
+    """One step exactly as fpt_core.train.train_cell's loop takes it."""
+    from fpt_core.train import loss_and_correct, step_seed
+
+    torch.manual_seed(step_seed(cell.seed, step))
+    x, y = task.train_batch(step, cell.batch_size)
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    loss, _ = loss_and_correct(model, x, y, cell, device)
+    if optimizer is not None:
+        loss.backward()
+        if cell.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cell.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def reference_step(model, optimizer, spec, batch_size: int, rng, grad_clip: float, device) -> float:
+    """One step the way the paper's trainer took it: fp32, NumPy batch, a loss.item() sync."""
+    x, y = numpy_batch(spec, batch_size, rng)
+    x, y = x.to(device), y.to(device)
+    logits = model(x)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach().cpu().item()
+
+
+def make_spec(name: str):
+    from fpt_core.tasks import TaskSpec
+
+    shapes = {  # (input_dim, n_tokens, n_classes, n_readout, n_predictions)
+        "cifar10": (48, 64, 10, 1, 1),
+        "bit-memory": (50, 120, 2, 20, 1000),
+        "bit-xor": (1, 10, 2, 5, 5),
+    }
+    d, t, c, r, p = shapes[name]
+    return TaskSpec(name=name, input_kind="vector", input_dim=d, n_tokens=t, n_classes=c,
+                    n_readout=r, n_predictions=p, chance=1 / c, threshold=0.9)
+
+
+def bench_cell(s: Settings, task: str, **overrides):
+    from fpt_core.cell import make_cell
+
+    values = {"task": task, "backbone": s.backbone, "init": "random", "depth": s.depth,
+              "batch_size": 16, "precision": "bf16", "progress": False,
+              "device": s.device.type, **overrides}
+    return make_cell(values)
+
+
+def build(cell, spec, device):
+    """Model, trainable parameters and optimizer, as fpt_core.train.train_cell prepares them."""
+    from fpt_core.model import build_model
+
+    model = build_model(cell, spec).to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cell.lr, weight_decay=cell.weight_decay)
+    return model, params, optimizer
+
+
+def paper_style(model) -> None:
+    """The model as the paper's code ran it: eager attention and HF's Python GELU."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    hf = getattr(model.backbone, "model", None)
+    if hf is not None and hasattr(hf, "set_attn_implementation"):
+        hf.set_attn_implementation("eager")
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, GELUTanh):
+                setattr(module, name, NewGELUActivation())
+
+
+def attention_name(model) -> str:
+    hf = getattr(model.backbone, "model", None)
+    return getattr(getattr(hf, "config", None), "_attn_implementation", "n/a")
+
+
+def describe(s: Settings, model) -> str:
+    blocks = model.backbone.n_blocks
+    return f"{s.backbone} random, {blocks} blocks"
+
+
+# ---------------------------------------------------------------- measures
+
+def measure_step(s: Settings, shape: str, with_mfu: bool) -> list[dict]:
+    """Trainer step vs paper-style step on one task shape; and the MFU of our step."""
+    spec = make_spec(shape)
+    ours_cell = bench_cell(s, shape)
+    ref_cell = bench_cell(s, shape, precision="fp32")
+    ours, ours_params, ours_opt = build(ours_cell, spec, s.device)
+    ref, _, ref_opt = build(ref_cell, spec, s.device)
+    paper_style(ref)
+    ours_attention = attention_name(ours)
+    run_ours = torch.compile(ours) if s.compile else ours
+    task = real_task(ours_cell) if shape == "bit-memory" else TensorPool(spec, ours_cell.batch_size)
+    rng = np.random.default_rng(0)
+    counter = {"ours": 0}
+
+    def ours_steps():
+        for _ in range(s.steps):
+            trainer_step(run_ours, ours_opt, ours_params, task, ours_cell, s.device, counter["ours"])
+            counter["ours"] += 1
+
+    def ref_steps():
+        for _ in range(s.steps):
+            reference_step(ref, ref_opt, spec, ref_cell.batch_size, rng, ref_cell.grad_clip, s.device)
+
+    n = 8192 if s.device.type == "cuda" else (512 if s.backbone == "gpt2-tiny" else 2048)
+    peak_fn, peak_best = matmul_peak(s.device, torch.bfloat16, n)
+    contenders = {"baseline": ref_steps, "ours": ours_steps}
+    if with_mfu:
+        contenders["peak"] = peak_fn
+    timed = alternate(contenders, s.repeats, s.device)
+    common = {"device": device_label(s.device), "shape": shape, "model": describe(s, ours),
+              "batch": ours_cell.batch_size, "repeats": s.repeats, "steps_per_repeat": s.steps}
+    ours_rate, ref_rate = s.steps / timed["ours"]["s"], s.steps / timed["baseline"]["s"]
+    lines = [line(
+        "step_throughput", dtype="bf16 vs fp32", ours=ours_rate, baseline=ref_rate, unit="steps/s",
+        peak=max(timed["ours"]["peak_mb"], timed["baseline"]["peak_mb"]),
+        peak_mem_mb_ours=timed["ours"]["peak_mb"], peak_mem_mb_baseline=timed["baseline"]["peak_mb"],
+        attention=f"{ours_attention} vs eager", times_s=timed["ours"]["all_s"],
+        baseline_times_s=timed["baseline"]["all_s"], compiled=s.compile, **common)]
+    if with_mfu:
+        flops = model_flops(ours, ours_cell.batch_size)
+        achieved = flops["total"] * ours_rate
+        peak = 2 * n**3 / statistics.median(peak_best[1:])  # the first run was the warm-up
+        lines.append(line(
+            "mfu", dtype="bf16", ours=achieved / 1e12, baseline=peak / 1e12, unit="TFLOP/s",
+            peak=timed["ours"]["peak_mb"], flops_per_step=flops["total"],
+            flops_forward=flops["forward"], flops_backward=flops["backward"],
+            peak_matmul=f"{n}x{n}x{n} bf16", **common))
+    del ours, ref, run_ours, ours_opt, ref_opt
+    gc.collect()
+    return lines
+
+
+def real_task(cell):
+    from fpt_core.tasks import make_task
+
+    return make_task(cell)
+
+
+def synthetic_dataset(spec, n_train: int, n_test: int, seed: int = 0):
+    """A task with a fixed split of random examples in the given shape, for output-only epochs."""
+    from fpt_core.tasks.base import Task
+
+    class Synthetic(Task):
+        name = spec.name
+
+        def make_spec(self):
+            return spec
+
+        def _load(self):
+            g = torch.Generator().manual_seed(seed)
+            self._set_train(*synthetic_batch(spec, n_train, g))
+            self._set_held_out(*synthetic_batch(spec, n_test, g))
+
+    return Synthetic(seed=seed, eval_size=None).load()
+
+
+def measure_output_only(s: Settings) -> list[dict]:
+    """An output-only epoch on cached features vs the trainer recomputing the backbone each step."""
+    from fpt_core.features import build_cache, head_steps
+
+    spec = make_spec("cifar10")
+    cell = bench_cell(s, "cifar10", trainable="output")
+    task = synthetic_dataset(spec, s.n_train, max(64, s.n_train // 4))
+    model, params, opt = build(cell, spec, s.device)
+    cached_opt = torch.optim.Adam(params, lr=cell.lr)
+    epoch = -(-s.n_train // cell.batch_size)
+    reset_peak(s.device)
+    cache = build_cache(model, task, cell.precision, s.device, 64)
+    cache_peak = peak_mb(s.device)
+    state = {"recomputed": 0, "cached": 0}
+
+    def recomputed():
+        start = state["recomputed"]
+        for step in range(start, start + epoch):
+            trainer_step(model, opt, params, task, cell, s.device, step)
+        state["recomputed"] += epoch
+
+    def cached():
+        start = state["cached"]
+        losses = head_steps(model, cached_opt, params, cache, task, cell, start, start + epoch)
+        torch.stack(losses).tolist()  # the trainer checks the losses once per evaluation
+        state["cached"] += epoch
+
+    timed = alternate({"baseline": recomputed, "ours": cached}, s.repeats, s.device)
+    build_s, label = cache.build_s, describe(s, model)
+    del model, cache
+    gc.collect()
+    return [line(
+        "output_only_epoch", dtype=cell.precision, ours=1 / timed["ours"]["s"],
+        baseline=1 / timed["baseline"]["s"], unit="epochs/s",
+        peak=max(timed["ours"]["peak_mb"], timed["baseline"]["peak_mb"], cache_peak),
+        peak_mem_mb_ours=timed["ours"]["peak_mb"], peak_mem_mb_baseline=timed["baseline"]["peak_mb"],
+        device=device_label(s.device), shape="cifar10", model=label,
+        n_train=s.n_train, steps_per_epoch=epoch, cache_build_s=round(build_s, 4),
+        repeats=s.repeats)]
+
+
+def measure_shared(s: Settings, shape: str) -> list[dict]:
+    """Cells sharing one frozen backbone at batch 4: stepped together vs one after another."""
+    from fpt_core.ensemble import SharedBackbone
+
+    spec = make_spec(shape)
+    lrs = [1e-3 * (i + 1) for i in range(s.n_cells)]
+    cells = [bench_cell(s, shape, batch_size=4, lr=lr) for lr in lrs]
+    built = [build(c, spec, s.device) for c in cells]
+    models = [b[0] for b in built]
+    group = SharedBackbone(models, lrs, grad_clip=cells[0].grad_clip, precision=cells[0].precision)
+    pool = TensorPool(spec, 4, pool=2 * s.n_cells)
+    counter = {"solo": 0, "together": 0}
+
+    def one_after_another():
+        step = counter["solo"]
+        for k, (model, params, opt) in enumerate(built):
+            for i in range(s.steps):
+                trainer_step(model, opt, params, Offset(pool, k), cells[k], s.device, step + i)
+        counter["solo"] += s.steps
+
+    def together():
+        step = counter["together"]
+        for i in range(s.steps):
+            batches = [pool.train_batch(step + i + k, 4) for k in range(s.n_cells)]
+            xs = torch.stack([x for x, _ in batches]).to(s.device)
+            ys = torch.stack([y for _, y in batches]).to(s.device)
+            group.train_step(xs, ys).tolist()
+        counter["together"] += s.steps
+
+    timed = alternate({"baseline": one_after_another, "ours": together}, s.repeats, s.device)
+    cell_steps = s.n_cells * s.steps
+    out = line(
+        "shared_backbone", dtype=cells[0].precision, ours=cell_steps / timed["ours"]["s"],
+        baseline=cell_steps / timed["baseline"]["s"], unit="cell-steps/s",
+        peak=max(timed["ours"]["peak_mb"], timed["baseline"]["peak_mb"]),
+        peak_mem_mb_ours=timed["ours"]["peak_mb"], peak_mem_mb_baseline=timed["baseline"]["peak_mb"],
+        device=device_label(s.device), shape=shape, model=describe(s, models[0]), batch=4,
+        cells=s.n_cells, repeats=s.repeats)
+    del built, models, group
+    gc.collect()
+    return [out]
+
+
+class Offset:
+    """Cell k's view of a shared pool: its own batches, as its own task would give it."""
+
+    def __init__(self, pool: TensorPool, k: int):
+        self.pool, self.k = pool, k
+
+    def train_batch(self, step: int, batch_size: int):
+        return self.pool.train_batch(step + self.k, batch_size)
+
+
+def measure_dry_run(workdir: Path) -> list[dict]:
+    base = {"measure": "dry_run", "device": device_label(torch.device("cpu")), "dtype": None,
+            "baseline": None, "ratio": None, "unit": "s", "target": TARGETS["dry_run"]}
+    missing = [f for f in ("Snakefile", "config/paper.yaml") if not (workdir / f).is_file()]
+    if missing:
+        return [{**base, "ours": None, "met": False, "peak_mem_mb": None,
+                 "skipped": f"{', '.join(missing)} not found in {workdir}"}]
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--configfile", "config/paper.yaml", "--quiet"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryFile("w+") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        peak = 0.0
+        while proc.poll() is None:  # the child's own high-water mark; rusage would count the fork
+            peak = max(peak, child_hwm_mb(proc.pid))
+            time.sleep(0.05)
+        seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        log.seek(0)
+        output = log.read()
+    result = {**base, "ours": round(seconds, 3),
+              "met": proc.returncode == 0 and seconds < TARGETS["dry_run"],
+              "peak_mem_mb": round(peak, 1), "command": " ".join(cmd[2:]),
+              # CPU seconds: on a shared machine the wall time mostly waits for a core
+              "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 3)}
+    if proc.returncode != 0:
+        result["error"] = " ".join(output.strip().splitlines()[-3:])[:500]
+    return [result]
+
+
+def child_hwm_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for row in f:
+                if row.startswith("VmHWM:"):
+                    return int(row.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def line(measure: str, *, dtype, ours: float, baseline: float, unit: str, peak: float, **extra) -> dict:
+    ratio = ours / baseline if baseline else None
+    target = TARGETS[measure]
+    return {"measure": measure, "device": extra.pop("device"), "dtype": dtype,
+            "ours": significant(ours), "baseline": significant(baseline),
+            "ratio": None if ratio is None else significant(ratio, 4), "unit": unit, "target": target,
+            "met": ratio is not None and ratio >= target, "peak_mem_mb": round(peak, 1), **extra}
+
+
+def significant(x: float, digits: int = 6) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def error_line(measure: str, device: torch.device, err: Exception) -> dict:
+    return {"measure": measure, "device": device_label(device), "dtype": None, "ours": None,
+            "baseline": None, "ratio": None, "unit": None, "target": TARGETS.get(measure),
+            "met": False, "peak_mem_mb": None, "error": f"{type(err).__name__}: {err}"[:500]}
+
+
+def plan(s: Settings, only: set[str], workdir: Path):
+    """(measure name for errors, thunk) in running order."""
+    jobs = []
+    for shape in ("cifar10", "bit-memory"):
+        if "step" in only or "mfu" in only:
+            jobs.append(("step_throughput", lambda shape=shape: filter_lines(
+                measure_step(s, shape, "mfu" in only), only)))
+    if "output_only" in only:
+        jobs.append(("output_only_epoch", lambda: measure_output_only(s)))
+    if "shared" in only:
+        for shape in ("cifar10", "bit-xor"):
+            jobs.append(("shared_backbone", lambda shape=shape: measure_shared(s, shape)))
+    if "dry_run" in only:
+        jobs.append(("dry_run", lambda: measure_dry_run(workdir)))
+    return jobs
+
+
+def filter_lines(lines: list[dict], only: set[str]) -> list[dict]:
+    keep = {"step_throughput": "step", "mfu": "mfu"}
+    return [ln for ln in lines if keep[ln["measure"]] in only]
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    only = set(MEASURES) if not args.only else {m.strip() for m in args.only.split(",") if m.strip()}
+    unknown = only - set(MEASURES)
+    if unknown:
+        from fpt_core.cell import ConfigError
+
+        raise ConfigError(f"--only: unknown measure {sorted(unknown)[0]!r}; allowed: {', '.join(MEASURES)}")
+    threads = args.threads or (1 if not torch.cuda.is_available() or args.device == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    s = settings_from(args)
+    out = open(args.out, "w") if args.out else None
+    failed = False
+    try:
+        for name, job in plan(s, only, Path(args.workdir)):
+            try:
+                lines = job()
+            except Exception as err:  # one failing measure must not hide the others
+                failed = True
+                lines = [error_line(name, s.device, err)]
+            for ln in lines:
+                text = json.dumps(ln)
+                print(text, flush=True)
+                if out:
+                    out.write(text + "\n")
+                    out.flush()
+    finally:
+        if out:
+            out.close()
+    return 1 if failed else 0

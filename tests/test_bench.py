@@ -1,0 +1,115 @@
+import json
+
+import pytest
+import torch
+
+from fpt_core import bench
+from fpt_core.bench import model_flops, step_flops
+from fpt_core.cell import FPT_GROUPS, make_cell
+from fpt_core.model import build_model
+from fpt_core.train import train_cell
+
+KEYS = {"measure", "device", "dtype", "ours", "baseline", "ratio", "unit", "target", "met", "peak_mem_mb"}
+TINY = dict(batch=2, tokens=4, hidden=8, ff=32, layers=1, input_dim=3, input_kind="vector",
+            n_readout=1, out_per_token=5)
+
+
+def test_step_flops_match_a_hand_count():
+    # B=2, T=4, d=8, f=32, one block, 3 input features, 5 logits from one readout token
+    inp = 2 * 2 * 4 * 3 * 8              # 384
+    proj = 8 * (2 * 4) * 8 * 8           # q, k, v, out: 4096
+    scores = 4 * 2 * 4 * 4 * 8           # QK^T and AV: 1024
+    mlp = 4 * (2 * 4) * 8 * 32           # 8192
+    out = 2 * 2 * 1 * 8 * 5              # 160
+    forward = inp + proj + scores + mlp + out
+    assert forward == 13856
+    fpt = step_flops(**TINY, trainable=FPT_GROUPS)
+    # output weight + input grads, activation grads through the block (attention products
+    # twice), the input layer's weight grads; no weight grads for the frozen block
+    assert fpt == {"forward": forward, "backward": 2 * out + proj + 2 * scores + mlp + inp,
+                   "total": 13856 + 15040}
+    assert step_flops(**TINY, trainable=("output",))["backward"] == out
+    more = step_flops(**TINY, trainable=FPT_GROUPS + ("feedforward", "attention"))
+    assert more["backward"] == fpt["backward"] + mlp + proj
+
+
+def test_model_flops_read_the_backbone_config():
+    cell = make_cell({"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random", "progress": False})
+    model = build_model(cell, bench.make_spec("bit-xor"))
+    got = model_flops(model, batch=16)
+    want = step_flops(batch=16, tokens=10, hidden=64, ff=256, layers=2, input_dim=1,
+                      input_kind="vector", n_readout=5, out_per_token=2, trainable=FPT_GROUPS)
+    assert got == want
+
+
+def test_ours_is_the_library_bf16_model_and_the_reference_computes_the_same_logits():
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    s = bench.settings_from(bench.parse_args(["--tiny", "--device", "cpu"]))
+    spec = bench.make_spec("cifar10")
+    ours, _, _ = bench.build(bench.bench_cell(s, "cifar10"), spec, s.device)
+    ref, _, _ = bench.build(bench.bench_cell(s, "cifar10", precision="fp32"), spec, s.device)
+    bench.paper_style(ref)
+    matrices = [m.weight for m in ours.backbone.modules() if type(m).__name__ in ("Linear", "Conv1D")]
+    assert matrices and all(w.dtype == torch.bfloat16 for w in matrices if not w.requires_grad)
+    assert all(p.dtype == torch.float32 for p in ours.parameters() if p.requires_grad)
+    assert any(isinstance(m, GELUTanh) for m in ours.modules())
+    assert all(p.dtype == torch.float32 for p in ref.parameters())
+    assert any(isinstance(m, NewGELUActivation) for m in ref.modules())
+    assert not any(isinstance(m, GELUTanh) for m in ref.modules())
+    assert bench.attention_name(ref) == "eager"
+    ours.eval(), ref.eval()
+    x = torch.randn(4, spec.n_tokens, spec.input_dim)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = ours(x).float(), ref(x).float()
+    assert torch.allclose(a, b, atol=2e-2, rtol=2e-2)
+
+
+def test_tiny_bench_prints_one_ratio_per_measure(tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    threads = torch.get_num_threads()
+    try:
+        rc = bench.main(["--tiny", "--repeats", "1", "--only", "step,mfu,output_only,shared",
+                         "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    printed = [json.loads(s) for s in capsys.readouterr().out.splitlines() if s.startswith("{")]
+    written = [json.loads(s) for s in out.read_text().splitlines()]
+    assert rc == 0 and printed == written
+    measures = [ln["measure"] for ln in written]
+    assert measures.count("step_throughput") == 2 and measures.count("mfu") == 2
+    assert {"output_only_epoch", "shared_backbone"} <= set(measures)
+    for ln in written:
+        assert KEYS <= set(ln), ln
+        assert "error" not in ln, ln
+        assert ln["device"].startswith("cpu")
+        assert ln["ours"] > 0 and ln["baseline"] > 0 and ln["peak_mem_mb"] > 0
+        assert ln["ratio"] == pytest.approx(ln["ours"] / ln["baseline"], rel=1e-3)
+        assert ln["met"] == (ln["ratio"] >= ln["target"])
+    assert {ln["shape"] for ln in written if ln["measure"] == "step_throughput"} == {"cifar10", "bit-memory"}
+
+
+def test_dry_run_is_skipped_with_a_reason_without_a_snakefile(tmp_path, capsys):
+    assert bench.main(["--only", "dry_run", "--workdir", str(tmp_path)]) == 0
+    (ln,) = [json.loads(s) for s in capsys.readouterr().out.splitlines()]
+    assert KEYS <= set(ln)
+    assert ln["measure"] == "dry_run" and ln["met"] is False and "Snakefile" in ln["skipped"]
+
+
+def test_unknown_measure_is_a_config_error():
+    from fpt_core.cell import ConfigError
+
+    with pytest.raises(ConfigError, match="--only"):
+        bench.main(["--only", "speed"])
+
+
+@pytest.mark.slow
+def test_bf16_reaches_the_same_accuracy_as_fp32_on_digits(tmp_path):
+    accs = {}
+    for precision in ("fp32", "bf16"):
+        cell = make_cell({"task": "digits", "backbone": "gpt2-tiny", "init": "random", "progress": False,
+                          "steps": 400, "eval_every": 400, "lr": 1e-3, "batch_size": 32,
+                          "precision": precision})
+        accs[precision] = train_cell(cell, tmp_path / precision).iloc[0]["final_test_acc"]
+    assert accs["fp32"] > 0.5
+    assert abs(accs["fp32"] - accs["bf16"]) < 0.05
