@@ -162,6 +162,33 @@ def validate(cell: Cell) -> None:
         raise ConfigError(f"dropout: must be in [0, 1), got {cell.dropout}")
     if cell.threshold is not None and not 0 < cell.threshold <= 1:
         raise ConfigError(f"threshold: must be in (0, 1], got {cell.threshold}")
+    if cell.n_train is not None and cell.batch_size > cell.n_train:
+        raise ConfigError(
+            f"batch_size: {cell.batch_size} does not fit a training split of n_train={cell.n_train}; "
+            f"allowed: 1..{cell.n_train}"
+        )
+    check_backbone_fits(cell)
+
+
+def check_backbone_fits(cell: Cell) -> None:
+    """What only the registry knows: the depth it has and whether it has pretrained weights.
+    Backbones that are not registered (hub ids, directories a later job writes) are checked when
+    they are built."""
+    from fpt_core.backbones import BACKBONES, n_blocks_of
+
+    spec = BACKBONES.get(cell.backbone)
+    if spec is None:
+        return
+    if cell.init != "random" and spec.weights is None:
+        raise ConfigError(
+            f"init: backbone {cell.backbone} has no pretrained weights, so {cell.init} is not "
+            "available; allowed: random"
+        )
+    blocks = n_blocks_of(cell.backbone)
+    if cell.depth is not None and cell.depth > blocks:
+        raise ConfigError(
+            f"depth: {cell.depth} is out of range for {cell.backbone}; allowed: 1..{blocks} or null"
+        )
 
 
 def make_cell(values: dict[str, Any]) -> Cell:
