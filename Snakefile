@@ -1,0 +1,51 @@
+# The FPT ablation pipeline: config -> grid of cells -> one training job per cell -> one Parquet
+# table -> figures. See workflow/rules/ for the stages and config/config.yaml for the grid.
+#
+#     snakemake --cores 2                   the default grid (config/config.yaml)
+#     snakemake --cores 1 figures           every figure from results/ (trains only missing cells)
+#     snakemake -n --configfile config/paper.yaml   the paper's whole grid
+#
+# The workflow profile profiles/default/ is read automatically; it decides what makes a job
+# rerun (see the comment there: a fresh clone retrains nothing).
+
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+# A --configfile replaces the default grid instead of being merged into it: Snakemake would
+# otherwise merge config/config.yaml's ablations and per-task settings into config/paper.yaml.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/backbones.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/figures.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+# Rules that need no accelerator run where Snakemake runs (on a cluster: the login node).
+localrules:
+    all,
+    figures,
+    prepare_backbone,
+    prepare_data,
+    export_backbone,
+    aggregate,
+    attention_maps,
+    draw_figures,
+
+
+rule all:
+    default_target: True
+    input:
+        "results/aggregate.parquet",
+        figure_targets(),

@@ -1,0 +1,352 @@
+"""Figures and tables of the ablations, drawn from the aggregated results only.
+
+Each ablation gets one image and one Markdown table, our accuracy (mean and standard deviation
+over seeds, in percent) beside the paper's number for the same (experiment, row, task) from
+reported.csv. Three kinds:
+
+- bars: grouped bars per task, one bar per row label (the generic figure; any new ablation)
+- curves: learning curves per task and the steps to reach the accuracy threshold
+- train-test: train accuracy beside test accuracy per row label
+
+A table with cells missing (a partial aggregate) says so in the figure's title and the table.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+KINDS = ("bars", "curves", "train-test")
+PAPER_COLOR = "black"
+
+
+def load_reported(path: str | Path | None) -> pd.DataFrame | None:
+    """The paper's numbers (table, experiment, row, task, value, note), or None if absent."""
+    if path is None or not Path(path).is_file():
+        return None
+    return pd.read_csv(path, dtype={"table": str})
+
+
+def paper_value(reported: pd.DataFrame | None, experiment: str, row: str, task: str) -> float:
+    if reported is None:
+        return math.nan
+    hit = reported[(reported["experiment"] == experiment) & (reported["row"] == row)
+                   & (reported["task"] == task)]
+    return float(hit["value"].iloc[0]) if len(hit) else math.nan
+
+
+def ablation_rows(table: pd.DataFrame, ablation: str) -> pd.DataFrame:
+    rows = table[table["ablation"] == ablation]
+    if rows.empty:
+        raise ValueError(f"ablation {ablation!r} is not in the aggregate; "
+                         f"present: {', '.join(sorted(table['ablation'].unique()))}")
+    return rows
+
+
+def labels_in_order(rows: pd.DataFrame) -> list[str]:
+    return list(rows.sort_values("label_order")["label"].drop_duplicates())
+
+
+def tasks_in_order(rows: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(rows["task"].dropna())) or ["?"]
+
+
+def completeness_note(rows: pd.DataFrame) -> str:
+    """'' when every cell finished, else a note such as 'partial: 3 of 24 cells missing'."""
+    cells = rows.drop_duplicates("cell_id")
+    missing = int((cells["status"] == "missing").sum())
+    return f"partial: {missing} of {len(cells)} cells missing" if missing else ""
+
+
+def summarize(rows: pd.DataFrame, metric: str, reported: pd.DataFrame | None,
+              suffix: str = "") -> pd.DataFrame:
+    """Per (label, task): mean and std over seeds in percent, cells finished, and the paper's value.
+
+    `suffix` is appended to the row label to find the paper's number (train-test: "-train").
+    """
+    out = []
+    for (label, task), group in rows.groupby(["label", "task"], sort=False):
+        values = 100 * group[metric].astype(float).dropna()
+        out.append({
+            "label": label, "task": task, "label_order": group["label_order"].iloc[0],
+            "mean": values.mean() if len(values) else math.nan,
+            "std": values.std(ddof=0) if len(values) > 1 else (0.0 if len(values) else math.nan),
+            "n": len(values), "expected": len(group),
+            "finished": int((group["status"] != "missing").sum()),
+            "diverged": int((group["status"] == "diverged").sum()),
+            "paper": paper_value(reported, group["experiment"].iloc[0], f"{label}{suffix}", task),
+        })
+    return pd.DataFrame(out)
+
+
+def _cell_text(r: pd.Series, digits: int = 1) -> str:
+    """Ours as 'mean ± std', with how many seeds it covers when not all of them."""
+    if r["finished"] == 0:
+        return "missing"
+    if r["n"] == 0:
+        return "not reached" if r.get("kind") == "steps" else "no value"
+    text = f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}"
+    notes = []
+    if r["n"] < r["expected"]:
+        what = "reached" if r.get("kind") == "steps" else "seeds"
+        notes.append(f"{r['n']} of {r['expected']} {what}")
+    if r["diverged"]:
+        notes.append(f"{r['diverged']} diverged")
+    return text + (f" ({', '.join(notes)})" if notes else f" (n={r['n']})")
+
+
+def _paper_text(value: float, digits: int = 1) -> str:
+    return "–" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def markdown_table(summary: pd.DataFrame, labels: list[str], tasks: list[str],
+                   title: str, note: str, what: str, digits: int = 1) -> str:
+    """Rows are labels; per task a column of ours (mean ± std over seeds) and the paper's."""
+    header = ["row"]
+    for task in tasks:
+        header += [f"{task} (ours)", f"{task} (paper)"]
+    lines = [f"# {title}", ""]
+    if note:
+        lines += [f"**{note}**", ""]
+    if summary["paper"].isna().all():
+        what += (" The paper's numbers are not available here (no reported.csv, or none for "
+                 "this experiment).")
+    lines += [what, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label in labels:
+        cells = [label]
+        for task in tasks:
+            hit = summary[(summary["label"] == label) & (summary["task"] == task)]
+            if hit.empty:
+                cells += ["", ""]
+                continue
+            r = hit.iloc[0]
+            cells += [_cell_text(r, digits), _paper_text(r["paper"], digits)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _paper_points(ax, x: np.ndarray, values: np.ndarray, label: str | None) -> None:
+    """The paper's numbers as black diamonds over the bars, where it reports one."""
+    known = np.isfinite(values.astype(float))
+    if known.any():
+        ax.scatter(x[known], values[known], marker="D", s=28, color=PAPER_COLOR, zorder=5,
+                   label=label)
+
+
+def _figure_legend(fig, axes) -> None:
+    """One legend for the paper's diamonds, in the top right corner, clear of the bars."""
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            fig.legend(handles[:1], labels[:1], loc="upper right", fontsize="small")
+            return
+
+
+def _facets(n: int, width: float = 3.6, height: float = 3.2):
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + 0.6), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _title(fig, title: str, note: str, has_paper: bool, reported) -> None:
+    text = title + (f"  [{note}]" if note else "")
+    if reported is None:
+        text += "\n(paper numbers unavailable: reported.csv not found)"
+    elif not has_paper:
+        text += "\n(the paper reports no numbers for this experiment)"
+    fig.suptitle(text, color="firebrick" if note else "black")
+
+
+def draw_bars(rows: pd.DataFrame, metric: str, reported, title: str, png: Path, md: Path) -> None:
+    labels, tasks = labels_in_order(rows), tasks_in_order(rows)
+    summary = summarize(rows, metric, reported)
+    note = completeness_note(rows)
+    palette = dict(zip(labels, sns.color_palette("colorblind", len(labels))))
+    fig, axes = _facets(len(tasks), width=max(3.2, 0.7 * len(labels) + 1.2))
+    for ax, task in zip(axes, tasks):
+        data = rows[rows["task"] == task].assign(acc=lambda d: 100 * d[metric].astype(float))
+        here = [label for label in labels if label in set(data["label"])]  # rows run on task
+        sns.barplot(data=data, x="label", y="acc", hue="label", order=here, hue_order=here,
+                    palette=palette, errorbar="sd", capsize=0.2, legend=False, ax=ax)
+        ax.set_xlim(-0.5, len(here) - 0.5)  # keep the place of a row whose cells are missing
+        sub = summary[summary["task"] == task].set_index("label").reindex(here)
+        _paper_points(ax, np.arange(len(here)), sub["paper"].to_numpy(), "paper")
+        ax.set_title(task)
+        ax.set_xlabel("")
+        ax.set_ylabel("test accuracy (%)" if metric.endswith("test_acc") else metric)
+        ax.set_ylim(0, 105)
+        ax.tick_params(axis="x", rotation=35)
+        for tick in ax.get_xticklabels():
+            tick.set_horizontalalignment("right")
+    _figure_legend(fig, axes)
+    _title(fig, title, note, summary["paper"].notna().any(), reported)
+    _save(fig, png)
+    what = (f"Test accuracy (%, `{metric}`): ours as mean ± std over seeds; the paper's "
+            "number for the same experiment, row and task beside it.")
+    md.write_text(markdown_table(summary, labels, tasks, title, note, what))
+
+
+def draw_train_test(rows: pd.DataFrame, metric: str, reported, title: str, png: Path, md: Path
+                    ) -> None:
+    labels, tasks = labels_in_order(rows), tasks_in_order(rows)
+    note = completeness_note(rows)
+    test = summarize(rows, metric, reported, suffix="-test").assign(split="test")
+    train = summarize(rows, "train_acc", reported, suffix="-train").assign(split="train")
+    fig, axes = _facets(len(tasks), width=max(3.2, 0.9 * len(labels) + 1.2))
+    long = pd.concat([
+        rows.assign(acc=100 * rows[metric].astype(float), split="test"),
+        rows.assign(acc=100 * rows["train_acc"].astype(float), split="train"),
+    ], ignore_index=True)
+    for ax, task in zip(axes, tasks):
+        data = long[long["task"] == task]
+        here = [label for label in labels if label in set(data["label"])]
+        sns.barplot(data=data, x="label", y="acc", hue="split", order=here,
+                    hue_order=["train", "test"], errorbar="sd", capsize=0.15, ax=ax)
+        ax.set_xlim(-0.5, len(here) - 0.5)
+        for offset, part in ((-0.2, train), (0.2, test)):
+            sub = part[part["task"] == task].set_index("label").reindex(here)
+            _paper_points(ax, np.arange(len(here)) + offset, sub["paper"].to_numpy(),
+                          "paper" if offset < 0 else None)
+        ax.set_title(task)
+        ax.set_xlabel("")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 105)
+        ax.legend(fontsize="small")
+    _title(fig, title, note, pd.concat([test, train])["paper"].notna().any(), reported)
+    _save(fig, png)
+    both = pd.concat([train.assign(label=train["label"] + " (train)"),
+                      test.assign(label=test["label"] + " (test)")])
+    order = [f"{label} ({split})" for label in labels for split in ("train", "test")]
+    what = "Train and test accuracy (%), mean ± std over seeds, beside the paper's numbers."
+    md.write_text(markdown_table(both, order, tasks, title, note, what))
+
+
+def steps_to(curves: pd.DataFrame, threshold: float) -> pd.Series:
+    """Per cell, the first evaluated step whose test accuracy reached `threshold` (NaN: never)."""
+    hit = curves[curves["test_acc"] >= threshold]
+    return hit.groupby("cell_id")["step"].min()
+
+
+def steps_summary(rows: pd.DataFrame, reported, curves: pd.DataFrame | None = None,
+                  thresholds: dict[str, float] | None = None) -> pd.DataFrame:
+    """Per (label, task): mean steps to threshold over the seeds that reached it.
+
+    The threshold is the trainer's (the task's default or the cell's own) unless `thresholds`
+    names one for the task; then steps are read off the learning curves.
+    """
+    thresholds = thresholds or {}
+    rows = rows.copy()
+    rows["threshold_used"] = rows["threshold_used"].astype(float)
+    rows["steps_to_threshold"] = rows["steps_to_threshold"].astype(float)
+    for task, threshold in thresholds.items():
+        here = rows["task"] == task
+        steps = steps_to(curves, threshold) if curves is not None else pd.Series(dtype=float)
+        rows.loc[here, "steps_to_threshold"] = rows.loc[here, "cell_id"].map(steps)
+        rows.loc[here, "threshold_used"] = threshold
+    out = []
+    for (label, task), group in rows.groupby(["label", "task"], sort=False):
+        reached = group["steps_to_threshold"].dropna().astype(float)
+        out.append({
+            "label": label, "task": task, "label_order": group["label_order"].iloc[0],
+            "mean": reached.mean() if len(reached) else math.nan,
+            "std": reached.std(ddof=0) if len(reached) > 1 else (0.0 if len(reached) else math.nan),
+            "n": len(reached), "expected": len(group), "kind": "steps",
+            "finished": int((group["status"] != "missing").sum()), "diverged": 0,
+            "paper": paper_value(reported, group["experiment"].iloc[0], label, task),
+            "threshold": group["threshold_used"].dropna().iloc[0]
+            if group["threshold_used"].notna().any() else math.nan,
+        })
+    return pd.DataFrame(out)
+
+
+def draw_curves(rows: pd.DataFrame, curves: pd.DataFrame, reported, title: str, png: Path,
+                md: Path, thresholds: dict[str, float] | None = None) -> None:
+    labels, tasks = labels_in_order(rows), tasks_in_order(rows)
+    note = completeness_note(rows)
+    steps = steps_summary(rows, reported, curves, thresholds)
+    palette = dict(zip(labels, sns.color_palette("colorblind", len(labels))))
+    members = rows[["cell_id", "label", "task"]].drop_duplicates()
+    data = curves.merge(members, on="cell_id")
+    data = data.assign(acc=100 * data["test_acc"].astype(float))
+    fig, axes = _facets(len(tasks), width=4.2)
+    for ax, task in zip(axes, tasks):
+        here = data[data["task"] == task]
+        if len(here):
+            sns.lineplot(data=here, x="step", y="acc", hue="label", hue_order=labels,
+                         palette=palette, errorbar=("pi", 100), ax=ax)
+        threshold = steps.loc[steps["task"] == task, "threshold"].dropna()
+        if len(threshold):
+            ax.axhline(100 * threshold.iloc[0], color="grey", linestyle="--", linewidth=1,
+                       label="threshold")
+        ax.set_title(task)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(0, 105)
+        if ax.get_legend() is not None and ax is not axes[0]:
+            ax.get_legend().remove()
+    if axes and axes[0].get_legend() is not None:
+        axes[0].legend(fontsize="small")
+    _title(fig, title, note, steps["paper"].notna().any(), reported)
+    _save(fig, png)
+    used = ", ".join(f"{t} {100 * v:.0f}%" for t, v in
+                     steps.drop_duplicates("task").set_index("task")["threshold"].items()
+                     if not math.isnan(v))
+    what = ("Gradient steps until the test accuracy first reached the threshold"
+            f"{f' ({used})' if used else ''}, mean ± std over the seeds that reached it (the "
+            "curves show mean and range over seeds). The paper's numbers are steps to "
+            "convergence of its full-size runs, for scale only.")
+    md.write_text(markdown_table(steps, labels, tasks, title, note, what, digits=0))
+
+
+def _save(fig, png: Path) -> None:
+    fig.tight_layout()
+    Path(png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def draw_ablation(table_path: str | Path, curves_path: str | Path, ablation: str, kind: str,
+                  title: str, metric: str, reported_path: str | Path | None,
+                  png: str | Path, md: str | Path, thresholds: dict[str, float] | None = None
+                  ) -> None:
+    """The figure and table of one ablation, from the aggregate (and the curves for `curves`)."""
+    if kind not in KINDS:
+        raise ValueError(f"figure: unknown value {kind!r}; allowed: {', '.join(KINDS)}")
+    sns.set_theme(style="whitegrid", context="paper")
+    table = pd.read_parquet(table_path)
+    rows = ablation_rows(table, ablation)
+    reported = load_reported(reported_path)
+    png, md = Path(png), Path(md)
+    if kind == "curves":
+        draw_curves(rows, pd.read_parquet(curves_path), reported, title, png, md, thresholds)
+    elif kind == "train-test":
+        draw_train_test(rows, metric, reported, title, png, md)
+    else:
+        draw_bars(rows, metric, reported, title, png, md)
+
+
+def draw_attention(attention_path: str | Path, png: str | Path, example: int = 0) -> None:
+    """Head-averaged attention of each frozen block on one held-out example."""
+    sns.set_theme(style="white", context="paper")
+    table = pd.read_parquet(attention_path)
+    table = table[table["example"] == example]
+    layers = sorted(table["layer"].unique())
+    fig, axes = plt.subplots(1, len(layers), figsize=(2.6 * len(layers), 3.0), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        grid = table[table["layer"] == layer].pivot(index="query", columns="key", values="weight")
+        ax.imshow(grid.to_numpy(), cmap="viridis", vmin=0, aspect="auto", interpolation="nearest")
+        ax.set_title(f"block {layer}")
+        ax.set_xlabel("key")
+        ax.set_ylabel("query" if layer == layers[0] else "")
+    task, cell = table["task"].iloc[0], table["cell_id"].iloc[0]
+    fig.suptitle(f"attention (mean over heads), {task}, cell {cell}")
+    _save(fig, Path(png))

@@ -1,0 +1,152 @@
+import shlex
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fpt_core.cell import FPT_GROUPS, GROUPS, NON_IDENTITY, Cell, ConfigError, make_cell, parse_overrides
+from fpt_core.grid import build, cell_args, check_config, expand, run_args
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def config(**ablations):
+    return {
+        "defaults": {"backbone": "gpt2-tiny", "init": "random", "steps": 10},
+        "axes": {"task": ["bit-xor", "bit-memory"], "seed": [0, 1]},
+        "ablations": ablations,
+    }
+
+
+def test_ablation_is_the_product_of_rows_and_axes_in_order():
+    points = expand(config(a={"rows": {"fpt": {}, "full": {"trainable": "all"}}}))
+    assert len(points) == 2 * 2 * 2  # rows x tasks x seeds
+    assert [(p.label, p.values["task"], p.values["seed"]) for p in points[:3]] == [
+        ("fpt", "bit-xor", 0), ("fpt", "bit-xor", 1), ("fpt", "bit-memory", 0)]
+    assert points[-1].values["trainable"] == list(GROUPS)  # the alias, expanded
+
+
+def test_ablation_axes_replace_the_shared_ones():
+    points = expand(config(a={"axes": {"task": ["bit-xor"], "lr": [1e-3, 1e-4]}}))
+    assert len(points) == 1 * 2 * 2  # task x seed x lr
+    assert {p.label for p in points} == {"0.001", "0.0001"}  # named by the non-task, non-seed axis
+    assert points[0].source["task"] == "ablations.a.axes.task" and points[0].source["seed"] == "axes.seed"
+
+
+def test_later_layers_win_and_per_task_overrides_apply_to_their_task_only():
+    cfg = config(a={
+        "set": {"steps": 30, "lr": 0.5},
+        "per_task": {"bit-memory": {"lr": 0.25}},
+        "rows": {"r": {"batch_size": 3}},
+    })
+    cfg["defaults"].update(batch_size=1, lr=0.1)
+    cfg["per_task"] = {"bit-memory": {"steps": 20, "batch_size": 2, "dropout": 0.0}}
+    by_task = {p.values["task"]: p for p in expand(cfg) if p.values["seed"] == 0}
+    xor, memory = by_task["bit-xor"].values, by_task["bit-memory"].values
+    assert (xor["steps"], xor["lr"], xor["batch_size"], xor.get("dropout")) == (30, 0.5, 3, None)
+    assert (memory["steps"], memory["lr"], memory["batch_size"], memory["dropout"]) == (30, 0.25, 3, 0.0)
+    assert by_task["bit-memory"].source["lr"] == "ablations.a.per_task.bit-memory.lr"
+    assert by_task["bit-memory"].source["dropout"] == "per_task.bit-memory.dropout"
+    assert by_task["bit-memory"].source["task"] == "axes.task"
+
+
+def test_label_template_and_exclusions():
+    cfg = config(depth={
+        "axes": {"task": ["bit-xor"], "seed": [0], "init": ["pretrained", "random"], "depth": [1, 2]},
+        "label": "{init}-{depth}-layers",
+        "exclude": [{"label": "random-2-layers"}, {"init": "pretrained", "depth": [2]}],
+    })
+    assert [p.label for p in expand(cfg)] == ["pretrained-1-layers", "random-1-layers"]
+
+
+def test_shared_cells_train_once_and_keep_every_membership():
+    rows = {"fpt": {}, "random": {"init": "random"}}
+    cfg = config(one={"rows": rows}, two={"rows": {"language": {}, "output": {"trainable": ["output"]}}})
+    cfg["defaults"]["init"] = "pretrained"
+    cfg["defaults"]["backbone"] = "minilm-l6"
+    grid = build(cfg)
+    assert len(expand(cfg)) == 16
+    assert len(grid.cells) == 3 * 4  # fpt (= language), random, output; x 2 tasks x 2 seeds
+    shared = {m.cell_id for m in grid.members if m.label == "fpt"}
+    assert shared == {m.cell_id for m in grid.members if m.label == "language"}
+    assert len(grid.members) == 16
+    assert [m.label_order for m in grid.members if m.ablation == "two"][::4] == [0, 1]
+
+
+def test_cell_errors_name_the_config_key_in_one_line():
+    cfg = config(a={"rows": {"lstm": {"backbone": "lstmm"}}})
+    with pytest.raises(ConfigError) as e:
+        build(cfg)
+    message = str(e.value)
+    assert message.startswith("ablations.a.rows.lstm.backbone: unknown value 'lstmm'")
+    assert "lstm" in message.split("allowed:")[1] and "\n" not in message
+
+
+def test_backbone_under_backbones_must_be_pretrained_by_the_pipeline():
+    cfg = config(a={"rows": {"bits": {"backbone": "backbones/bitmem"}}})
+    with pytest.raises(ConfigError, match=r"^ablations.a.rows.bits.backbone: .*add it under pretrain"):
+        build(cfg)
+    cfg["pretrain"] = {"bitmem": {"task": "bit-memory", "trainable": "all"}}
+    grid = build(cfg)
+    pretrain = grid.pretrain["bitmem"]
+    assert pretrain.trainable == GROUPS and pretrain.steps == 10
+    cell = next(iter(grid.cells.values()))
+    assert cell.backbone == f"backbones/bitmem-{pretrain.id}"  # a new pretraining, new cells
+    assert grid.pretrained_backbone(cell) == "bitmem"
+    cfg["pretrain"]["bitmem"]["steps"] = 11
+    assert not set(build(cfg).cells) & set(grid.cells)
+
+
+def test_cell_args_rebuild_the_same_cell():
+    cfg = config(a={"rows": {"r": {"trainable": ["output", "layernorm"], "threshold": 0.9, "lr": 3e-4}}})
+    cfg["train"] = {"device": "cpu", "data_dir": "elsewhere", "checkpoint_every": 7}
+    grid = build(cfg)
+    for cell in grid.cells.values():
+        args = shlex.split(cell_args(cell)) + shlex.split(run_args(cfg))
+        again = make_cell(parse_overrides(args))
+        assert again.id == cell.id and again == cell
+        assert again.device == "cpu" and again.data_dir == "elsewhere" and again.progress is False
+
+
+@pytest.mark.parametrize("bad, key", [
+    ({"ablations": {"a": {"rows": {"r": {"init": "xavier"}}}}}, "ablations.a.rows.r.init"),
+    ({"ablations": {"a": {"set": {"lrr": 1}}}}, "ablations.a.set.lrr"),
+    ({"ablations": {"a": {"axes": {"seed": [0, "one"]}}}}, "ablations.a.axes.seed[1]"),
+    ({"ablations": {"a": {"set": {"trainable": "input,bias"}}}}, "ablations.a.set.trainable"),
+    ({"ablations": {"a": {"figure": "pie"}}}, "ablations.a.figure"),
+    ({"defaults": {"device": "cuda"}, "ablations": {"a": {}}}, "defaults.device"),
+    ({"ablations": {"a": {}}, "train": {"device": "tpu"}}, "train.device"),
+    ({"ablations": {"Has Spaces": {}}}, "ablations"),
+    ({"defaults": {}}, "(top level)"),
+])
+def test_schema_errors_are_one_line_naming_the_key(bad, key):
+    with pytest.raises(ConfigError) as e:
+        check_config(bad, SCHEMA)
+    message = str(e.value)
+    assert message.startswith(f"config {key}:") and "\n" not in message
+
+
+def test_enum_errors_list_the_allowed_values():
+    with pytest.raises(ConfigError, match="allowed: pretrained, random, statistics$"):
+        check_config({"ablations": {"a": {"set": {"init": "xavier"}}}}, SCHEMA)
+
+
+def test_schema_covers_exactly_the_configurable_cell_fields():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    configurable = {f.name for f in fields(Cell)} - set(NON_IDENTITY)
+    assert set(schema["$defs"]["cell"]["properties"]) == configurable
+    assert set(schema["$defs"]["axes"]["properties"]) == configurable
+    assert set(schema["properties"]["train"]["properties"]) >= set(NON_IDENTITY) - {"progress"}
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml"])
+def test_shipped_configs_are_valid(name):
+    cfg = yaml.safe_load((ROOT / "config" / name).read_text())
+    check_config(cfg, SCHEMA)
+    grid = build(cfg)
+    assert len(grid.cells) <= len(expand(cfg))
+    assert {m.ablation for m in grid.members} == set(cfg["ablations"])
+    assert all(c.trainable for c in grid.cells.values())
+    assert Cell.__dataclass_fields__["trainable"].default == FPT_GROUPS

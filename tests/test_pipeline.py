@@ -1,0 +1,267 @@
+"""The Snakemake pipeline through its command line: job counts, dedup, config errors, a run.
+
+Expected job counts come from an independent resolution of the config written here (layer the
+dicts, fill in Cell's defaults, canonicalise the trainable groups, drop the fields that are not
+part of a cell's identity, count distinct), not from fpt_core.grid.
+"""
+import copy
+import dataclasses
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from fpt_core import results
+from fpt_core.aggregate import collect
+from fpt_core.cell import FPT_GROUPS, GROUPS, NON_IDENTITY, Cell
+from fpt_core.grid import build
+from fpt_core.results import ResultError
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "workflow", "profiles", "environment.yml")
+
+
+# ------------------------------------------------------------------ independent expected counts
+
+def _layers_for(cfg, spec, row_values, combo):
+    defaults = cfg.get("defaults") or {}
+    task = combo.get("task", (row_values or {}).get("task",
+                     (spec.get("set") or {}).get("task", defaults.get("task"))))
+    return [defaults, (cfg.get("per_task") or {}).get(task), spec.get("set"),
+            (spec.get("per_task") or {}).get(task), row_values, combo]
+
+
+def _identity(layers):
+    values = {f.name: f.default for f in dataclasses.fields(Cell)}
+    for layer in layers:
+        values.update(layer or {})
+    groups = values["trainable"]
+    if isinstance(groups, str):
+        aliases = {"all": GROUPS, "fpt": FPT_GROUPS}
+        groups = aliases.get(groups) or groups.replace("+", ",").split(",")
+    values["trainable"] = tuple(g for g in GROUPS if g in groups)
+    return tuple(sorted((k, repr(v)) for k, v in values.items() if k not in NON_IDENTITY))
+
+
+def expected_cells(cfg):
+    """Distinct cells of every ablation, and the ablation's own (cells, points) counts."""
+    cells, per_ablation = set(), {}
+    for name, spec in cfg["ablations"].items():
+        spec = spec or {}
+        axes = {**(cfg.get("axes") or {}), **(spec.get("axes") or {})}
+        mine, points = set(), 0
+        for row, row_values in (spec.get("rows") or {None: {}}).items():
+            for combo in itertools.product(*axes.values()):
+                combo = dict(zip(axes, combo))
+                layers = _layers_for(cfg, spec, row_values, combo)
+                resolved = {k: v for layer in layers for k, v in (layer or {}).items()}
+                if any(all((resolved | {"label": row}).get(k) in (v if isinstance(v, list) else [v])
+                           for k, v in rule.items()) for rule in spec.get("exclude", [])):
+                    continue
+                mine.add(_identity(layers))
+                points += 1
+        per_ablation[name] = (mine, points)
+        cells |= mine
+    return cells, per_ablation
+
+
+# ------------------------------------------------------------------------------- running it
+
+def workdir(tmp_path: Path, cfg: dict | None = None) -> Path:
+    """A copy of the workflow (not of results/) with `cfg` as config/config.yaml."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    (tmp_path / "config").mkdir()
+    if cfg is None:
+        shutil.copy(ROOT / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    else:
+        (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return tmp_path
+
+
+def snakemake(where: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=where, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if check and done.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{done.stdout}")
+    return done
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a (dry) run."""
+    table = output.split("Job stats:")[-1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def train_cells(output: str) -> set[str]:
+    return set(re.findall(r"results/cells/([0-9a-f]{12})/summary\.parquet", output))
+
+
+def tiny(**ablations) -> dict:
+    return {
+        "defaults": {"backbone": "gpt2-tiny", "init": "random", "steps": 60, "eval_every": 20,
+                     "eval_size": 50, "batch_size": 16},
+        "axes": {"task": ["bit-xor"], "seed": [0, 1]},
+        "ablations": ablations,
+        "train": {"device": "cpu"},
+        "figures": {"reported": str(ROOT.parent / "shared" / "paper" / "reported.csv")},
+    }
+
+
+# ---------------------------------------------------------------------------- dry-run counts
+
+def test_default_grid_dry_run_trains_each_distinct_cell_once(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cells, per_ablation = expected_cells(cfg)
+    points = sum(n for _, n in per_ablation.values())
+    assert len(cells) < points  # ablations share cells (headline's fpt is modality's language ...)
+    out = snakemake(workdir(tmp_path), "-n").stdout
+    counts = job_counts(out)
+    assert counts["train"] == len(cells) == len(train_cells(out))
+    assert counts["pretrain"] == len(cfg["pretrain"]) == counts["export_backbone"]
+    assert counts["prepare_data"] == len(cfg["data"]) and counts["draw_figures"] == 1
+    for name in cfg["ablations"]:
+        assert f"figures/{name}.png" in out and f"figures/{name}.md" in out
+
+
+@pytest.mark.slow
+def test_paper_grid_dry_run_lists_every_cell(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    cells, _ = expected_cells(cfg)
+    where = workdir(tmp_path)
+    shutil.copy(ROOT / "config" / "paper.yaml", where / "config" / "paper.yaml")
+    out = snakemake(where, "-n", "--configfile", "config/paper.yaml").stdout
+    assert job_counts(out)["train"] == len(cells)
+    assert f"figures/{next(reversed(cfg['ablations']))}.png" in out
+
+
+def test_a_new_ablation_in_the_config_alone_adds_its_cells_and_figure(tmp_path):
+    base = tiny(headline={"rows": {"fpt": {}, "full-transformer": {"trainable": "all"}}})
+    before = set(build(base).cells)  # a dry run lists exactly the grid's cells (test above)
+    grown = copy.deepcopy(base)
+    grown["ablations"]["my-new-one"] = {
+        "rows": {"fpt": {}, "output-only": {"trainable": ["output"]}},
+        "axes": {"lr": [1e-3, 1e-2]},
+        "label": "{row}-lr{lr}",
+    }
+    out = snakemake(workdir(tmp_path, grown), "-n").stdout
+    after = train_cells(out)
+    cells, per_ablation = expected_cells(grown)
+    new_cells, new_points = per_ablation["my-new-one"]
+    assert before < after and len(after) == len(cells) == job_counts(out)["train"]
+    # its fpt at lr 1e-3 is headline's fpt: shared, trained once
+    assert len(after - before) == len(new_cells - per_ablation["headline"][0]) == new_points - 2
+    assert "figures/my-new-one.png" in out and "figures/my-new-one.md" in out
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["ablations"]["headline"]["rows"]["fpt"].update(init="xavier"),
+     "config ablations.headline.rows.fpt.init: unknown value 'xavier'; allowed: pretrained, random, statistics"),
+    (lambda c: c["ablations"]["headline"]["rows"]["fpt"].update(backbone="gpt5"),
+     "ablations.headline.rows.fpt.backbone: unknown value 'gpt5'; allowed: gpt2,"),
+])
+def test_bad_config_stops_before_any_job_with_one_line(tmp_path, change, message):
+    cfg = tiny(headline={"rows": {"fpt": {}}})
+    change(cfg)
+    done = snakemake(workdir(tmp_path, cfg), "-n", check=False)
+    assert done.returncode != 0
+    errors = done.stdout
+    line = next(line for line in errors.splitlines() if message in line)
+    assert line.startswith(message.split(":")[0]) and "Traceback" not in errors
+    assert "rule train" not in errors
+
+
+# ------------------------------------------------------------------------------ aggregation
+
+def write_cell(cells_dir: Path, cell_id: str, acc: float) -> None:
+    summary = {c: None for c in results.SUMMARY_COLUMNS}
+    summary.update(cell_id=cell_id, status="finished", final_test_acc=acc, task="bit-xor", seed=0)
+    results.write_parquet(pd.DataFrame([summary]), cells_dir / cell_id / results.SUMMARY)
+    curve = pd.DataFrame([{"cell_id": cell_id, "step": 10, "train_loss": 0.1, "test_loss": 0.2,
+                           "test_acc": acc, "train_acc": acc, "wall_time_s": 1.0}])
+    results.write_parquet(curve, cells_dir / cell_id / results.CURVE)
+
+
+def members(*rows):
+    return [{"cell_id": c, "ablation": a, "experiment": a, "label": label, "label_order": 0,
+             "figure": "bars", "task": "bit-xor", "seed": 0} for c, a, label in rows]
+
+
+def test_aggregate_joins_each_membership_to_its_summary(tmp_path):
+    write_cell(tmp_path, "aaaaaaaaaaaa", 0.5)
+    write_cell(tmp_path, "bbbbbbbbbbbb", 0.7)
+    table, curves, problems = collect(tmp_path, members(
+        ("aaaaaaaaaaaa", "headline", "fpt"), ("aaaaaaaaaaaa", "modality", "language"),
+        ("bbbbbbbbbbbb", "headline", "full-transformer")))
+    assert len(table) == 3 and problems == [] and len(curves) == 2
+    assert list(table.loc[table["label"] == "language", "final_test_acc"]) == [0.5]
+
+
+def test_aggregate_names_missing_and_unreadable_cells(tmp_path):
+    write_cell(tmp_path, "aaaaaaaaaaaa", 0.5)
+    (tmp_path / "cccccccccccc").mkdir()
+    (tmp_path / "cccccccccccc" / results.SUMMARY).write_bytes(b"not parquet")
+    rows = members(("aaaaaaaaaaaa", "a", "x"), ("bbbbbbbbbbbb", "a", "y"))
+    with pytest.raises(ResultError, match=r"1 cell\(s\) not usable: .*bbbbbbbbbbbb/summary.parquet \(missing\)"):
+        collect(tmp_path, rows)
+    table, _, problems = collect(tmp_path, rows, partial=True)
+    assert list(table["status"]) == ["finished", "missing"] and len(problems) == 1
+    assert list(table["task"]) == ["bit-xor", "bit-xor"] and table["final_test_acc"].isna()[1]
+    nothing, curves, _ = collect(tmp_path / "empty", rows, partial=True)
+    assert set(nothing["status"]) == {"missing"} and "final_test_acc" in nothing and curves.empty
+    with pytest.raises(ResultError, match="cccccccccccc/summary.parquet: unreadable"):
+        collect(tmp_path, rows + members(("cccccccccccc", "a", "z")), partial=True)
+
+
+# ------------------------------------------------------------------------------- end to end
+
+def fresh_clone(src: Path, dst: Path) -> Path:
+    """What a clone holds (no metadata, logs, data, backbones, weights), with new mtimes:
+    the cells' results oldest, then the aggregate, the figures, and newest the workflow."""
+    ignored = shutil.ignore_patterns(".snakemake", "logs", "data", "backbones", "model.pt",
+                                     "checkpoint*.pt")
+    shutil.copytree(src, dst, ignore=ignored)
+    order = ("results/cells", "results", "figures", "")
+    files = sorted((p for p in dst.rglob("*") if p.is_file()), key=lambda p: next(
+        i for i, prefix in enumerate(order) if str(p.relative_to(dst)).startswith(prefix)))
+    now = time.time()
+    for i, path in enumerate(files):
+        os.utime(path, (now + i * 0.01, now + i * 0.01))
+    return dst
+
+
+@pytest.mark.slow
+def test_small_grid_end_to_end_then_nothing_to_do_and_fresh_clone_trains_nothing(tmp_path):
+    cfg = tiny(
+        headline={"rows": {"fpt": {}, "full-transformer": {"trainable": "all"}}},
+        **{"compute-efficiency": {"figure": "curves", "rows": {"fpt-steps-to-converge": {}}}},
+    )
+    cfg["attention"] = {"ablation": "headline", "label": "fpt", "seed": 0, "tasks": ["bit-xor"]}
+    where = workdir(tmp_path / "run", cfg)
+    snakemake(where, "--cores", "2")
+    table = pd.read_parquet(where / "results" / "aggregate.parquet")
+    assert len(table) == 6 and set(table["status"]) == {"finished"}
+    for name in ("headline.png", "headline.md", "compute-efficiency.png", "attention-bit-xor.png"):
+        assert (where / "figures" / name).stat().st_size > 0
+    assert len(list((where / "results" / "cells").glob("*/benchmark.tsv"))) == 4
+    assert "Nothing to be done" in snakemake(where, "-n").stdout
+
+    clone = fresh_clone(where, tmp_path / "clone")
+    assert "rule train" not in snakemake(clone, "-n").stdout
+    shutil.rmtree(clone / "figures")
+    started = time.time()
+    out = snakemake(clone, "--cores", "1", "figures").stdout
+    assert "rule train" not in out and (clone / "figures" / "headline.png").exists()
+    assert time.time() - started < 60
+    assert "Nothing to be done" in snakemake(clone, "-n", "--cores", "2").stdout

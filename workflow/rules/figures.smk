@@ -1,0 +1,73 @@
+# Every ablation's figure and table, and the attention maps of the bit tasks, drawn from the
+# aggregated tables only. One job draws them all: redrawing costs one Python start-up instead of
+# one per figure, so `snakemake --cores 1 figures` takes seconds.
+
+
+rule figures:
+    input:
+        figure_targets(),
+
+
+rule draw_figures:
+    input:
+        table="results/aggregate.parquet",
+        curves="results/curves.parquet",
+        attention=expand("results/attention/{task}.parquet", task=attention_tasks()),
+    output:
+        images=[
+            report(
+                f"figures/{name}.png",
+                caption="../report/ablation.rst",
+                category="Ablations",
+                labels={"ablation": name, "figure": ablation_setting(name, "figure", "bars")},
+            )
+            for name in GRID.ablations
+        ],
+        tables=expand("figures/{ablation}.md", ablation=GRID.ablations),
+        attention=[
+            report(
+                f"figures/attention-{task}.png",
+                caption="../report/attention.rst",
+                category="Attention maps",
+                labels={"task": task},
+            )
+            for task in attention_tasks()
+        ],
+    params:
+        ablations={
+            name: {
+                "kind": ablation_setting(name, "figure", "bars"),
+                "title": ablation_setting(name, "title", name),
+                "thresholds": ablation_setting(name, "thresholds", {}),
+            }
+            for name in GRID.ablations
+        },
+        metric=FIGURES.get("metric", "final_test_acc"),
+        reported=reported_path(),
+    log:
+        "logs/figures.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/draw_figures.py"
+
+
+rule attention_maps:
+    input:
+        # ancient: the maps need the cell's model.pt, which is not committed; a fresh clone
+        # must not try to recompute them because its summary looks newer.
+        summary=lambda wildcards: ancient(
+            f"{CELLS_DIR}/{attention_cell(wildcards.task)}/summary.parquet"
+        ),
+    output:
+        "results/attention/{task}.parquet",
+    params:
+        examples=ATTENTION.get("examples", 1),
+    log:
+        "logs/attention/{task}.log",
+    wildcard_constraints:
+        task=regex_of(attention_tasks()),
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/attention_maps.py"
