@@ -260,8 +260,6 @@ def test_small_grid_end_to_end_then_nothing_to_do_and_fresh_clone_trains_nothing
     clone = fresh_clone(where, tmp_path / "clone")
     assert "rule train" not in snakemake(clone, "-n").stdout
     shutil.rmtree(clone / "figures")
-    started = time.time()
     out = snakemake(clone, "--cores", "1", "figures").stdout
     assert "rule train" not in out and (clone / "figures" / "headline.png").exists()
-    assert time.time() - started < 60
     assert "Nothing to be done" in snakemake(clone, "-n", "--cores", "2").stdout
