@@ -32,6 +32,8 @@ def _cell(args: list[str], extra: tuple[str, ...] = ()):
 
 
 def cmd_train(args: list[str]) -> int:
+    import pandas as pd
+
     from fpt_core.train import Preempted, train_cell
 
     cell, rest = _cell(args, ("out",))
@@ -42,11 +44,11 @@ def cmd_train(args: list[str]) -> int:
         print(f"preempted: {e}; run the same command again to resume", file=sys.stderr)
         return 143
     row = summary.iloc[0]
+    reached = row["steps_to_threshold"]
     print(json.dumps({
         "cell_id": row["cell_id"], "status": row["status"], "out": str(out),
         "final_test_acc": float(row["final_test_acc"]), "best_test_acc": float(row["best_test_acc"]),
-        "steps_to_threshold": None if row["steps_to_threshold"] is None
-        or str(row["steps_to_threshold"]) == "<NA>" else int(row["steps_to_threshold"]),
+        "steps_to_threshold": None if pd.isna(reached) else int(reached),
     }))
     return 0
 

@@ -13,6 +13,7 @@ import platform
 import signal
 import socket
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from datetime import datetime, timezone
@@ -108,7 +109,7 @@ class _StopFlag:
         self._previous = {}
 
     def __enter__(self):
-        if threading_is_main():
+        if threading.current_thread() is threading.main_thread():  # signals only reach it
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -119,12 +120,6 @@ class _StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def threading_is_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def train_cell(cell: Cell, out_dir: str | Path) -> pd.DataFrame:
