@@ -160,6 +160,19 @@ def load_checkpoint(out_dir: Path, cell_id: str) -> dict | None:
     return None
 
 
+def load_final(out_dir: Path, cell_id: str) -> dict | None:
+    """The end state saved beside the trained weights, if whole and of this cell, else None."""
+    path = Path(out_dir) / MODEL
+    if not path.exists():
+        return None
+    try:
+        saved = load_checksummed(path)
+    except ResultError as e:
+        warnings.warn(f"ignoring trained weights that are not whole: {e}", stacklevel=2)
+        return None
+    return saved if saved.get("cell_id") == cell_id and "state" in saved else None
+
+
 def remove_checkpoints(out_dir: Path) -> None:
     for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
         (Path(out_dir) / name).unlink(missing_ok=True)

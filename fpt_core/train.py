@@ -143,6 +143,14 @@ def train_cell(cell: Cell, out_dir: str | Path) -> pd.DataFrame:
         "cell_id": cell.id, "step": 0, "curve": [], "loss_sum": 0.0, "loss_count": 0,
         "best_test_acc": -1.0, "best_step": None, "status": "finished", "wall_time_s": 0.0,
     }
+    ended = results.load_final(out_dir, cell.id)
+    if ended is not None:
+        # The run ended but its summary is gone (Snakemake deletes the outputs of a job it saw
+        # as incomplete): write the results again from the saved end state, train nothing.
+        load_trainable_state(model, ended["model"])
+        state.update(ended["state"])
+        print(f"restored the ended run from {out_dir / results.MODEL}", file=sys.stderr)
+        return finish(cell, state, model, task, device, threshold, out_dir)
     checkpoint = results.load_checkpoint(out_dir, cell.id)
     if checkpoint is not None:
         load_trainable_state(model, checkpoint.pop("model"))
@@ -254,8 +262,10 @@ def finish(cell: Cell, state: dict, model, task, device, threshold: float, out_d
     for col in ("best_step", "steps_to_threshold", "depth", "eval_size", "max_len", "n_train"):
         summary[col] = summary[col].astype("Int64")
     summary["threshold"] = summary["threshold"].astype("float64")
-    with results.atomic_path(out_dir / results.MODEL) as tmp:
-        torch.save({"cell": cell.to_dict(), "model": trainable_state(model)}, tmp)
+    results.save_checksummed(
+        {"cell": cell.to_dict(), "cell_id": cell.id, "model": trainable_state(model), "state": state},
+        out_dir / results.MODEL,
+    )
     results.write_parquet(curve, out_dir / results.CURVE)
     results.write_parquet(summary, out_dir / results.SUMMARY)  # last: its presence means done
     results.remove_checkpoints(out_dir)
@@ -270,7 +280,7 @@ def device_name(device: torch.device) -> str:
 
 def load_trained(out_dir: str | Path):
     """Rebuild a finished cell's model with its trained weights: (cell, model, task)."""
-    saved = torch.load(Path(out_dir) / results.MODEL, map_location="cpu", weights_only=False)
+    saved = results.load_checksummed(Path(out_dir) / results.MODEL)
     values = {**saved["cell"], "progress": False}
     cell = make_cell(values)
     task = make_task(cell)

@@ -59,7 +59,7 @@ def test_output_only_on_cached_features_matches_the_trainer(tmp_path, monkeypatc
     assert state["status"] == "finished" and state["step"] == cell.steps
     assert state["best_test_acc"] == normal["test_acc"].max()
     assert summary.iloc[0]["final_test_acc"] == pytest.approx(cached["test_acc"].iloc[-1])
-    saved = torch.load(tmp_path / results.MODEL, weights_only=False)["model"]
+    saved = results.load_checksummed(tmp_path / results.MODEL)["model"]
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert torch.allclose(p, saved[name], atol=1e-5)

@@ -66,7 +66,7 @@ def test_frozen_groups_stay_bitwise_and_trainable_ones_move(tmp_path, monkeypatc
     assert frozen and trained
     assert all(torch.equal(before[n], after[n].detach()) for n in frozen)
     assert all(not torch.equal(before[n], after[n].detach()) for n in trained)
-    saved = torch.load(tmp_path / results.MODEL, weights_only=False)
+    saved = results.load_checksummed(tmp_path / results.MODEL)
     assert set(saved["model"]) == set(trained)
 
 
@@ -193,3 +193,23 @@ def test_summary_records_counts_and_config(tmp_path):
     assert row["params_trainable"] == sum(row[f"params_{g}"] for g in cell.trainable)
     assert row["params_total"] > row["params_trainable"] > 0
     assert np.isfinite(row["final_test_loss"])
+
+
+def test_results_deleted_after_the_run_ended_are_restored_without_training(tmp_path, monkeypatch):
+    """Snakemake deletes the outputs of a job it saw as incomplete; the ended run is not redone."""
+    cell = make_cell({**TINY, "steps": 20, "eval_every": 10})
+    train_cell(cell, tmp_path)
+    before = comparable(tmp_path)
+    (tmp_path / results.SUMMARY).unlink()
+    (tmp_path / results.CURVE).unlink()
+    real_make_task = train_mod.make_task
+
+    def no_training(cell):
+        task = real_make_task(cell)
+        task.train_batch = lambda *a: pytest.fail("trained again")
+        return task
+
+    monkeypatch.setattr(train_mod, "make_task", no_training)
+    train_cell(cell, tmp_path)
+    for got, want in zip(comparable(tmp_path), before):
+        pd.testing.assert_frame_equal(got, want)
