@@ -271,19 +271,9 @@ def numpy_batch(spec, batch_size: int, rng: np.random.Generator):
 
 def trainer_step(model, optimizer, params, task, cell, device, step: int) -> float:
     """One step exactly as fpt_core.train.train_cell's loop takes it."""
-    from fpt_core.train import loss_and_correct, step_seed
+    from fpt_core.train import train_step
 
-    torch.manual_seed(step_seed(cell.seed, step))
-    x, y = task.train_batch(step, cell.batch_size)
-    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    loss, _ = loss_and_correct(model, x, y, cell, device)
-    if optimizer is not None:
-        loss.backward()
-        if cell.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cell.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return loss.item()
+    return train_step(model, optimizer, params, task, cell, device, step).item()
 
 
 def reference_step(model, optimizer, spec, batch_size: int, rng, grad_clip: float, device) -> float:

@@ -122,6 +122,21 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def train_step(model, optimizer, params, task, cell: Cell, device, step: int) -> torch.Tensor:
+    """One optimiser step on the batch of `step`; returns the loss (not synchronised)."""
+    torch.manual_seed(step_seed(cell.seed, step))  # dropout masks: a function of the step
+    x, y = task.train_batch(step, cell.batch_size)
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    loss, _ = loss_and_correct(model, x, y, cell, device)
+    if optimizer is not None:
+        loss.backward()
+        if cell.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cell.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 def train_cell(cell: Cell, out_dir: str | Path) -> pd.DataFrame:
     """Train `cell` into `out_dir`, resuming from its checkpoint; return the summary row."""
     out_dir = Path(out_dir)
@@ -176,17 +191,7 @@ def train_cell(cell: Cell, out_dir: str | Path) -> pd.DataFrame:
     with _StopFlag() as stop:
         while state["step"] < cell.steps and state["status"] == "finished":
             step = state["step"]
-            torch.manual_seed(step_seed(cell.seed, step))  # dropout masks: a function of the step
-            x, y = task.train_batch(step, cell.batch_size)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, _ = loss_and_correct(model, x, y, cell, device)
-            if optimizer is not None:
-                loss.backward()
-                if cell.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cell.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            loss_value = loss.item()
+            loss_value = train_step(model, optimizer, params, task, cell, device, step).item()
             if not math.isfinite(loss_value):
                 state["status"] = "diverged"
                 print(f"diverged at step {step}: loss {loss_value}", file=sys.stderr)

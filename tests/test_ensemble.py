@@ -10,20 +10,10 @@ from fpt_core.cell import make_cell
 from fpt_core.ensemble import SharedBackbone, check_compatible, train_together
 from fpt_core.model import build_model
 from fpt_core.tasks import make_task
+from _models import without_dropout
 
 CELL = {"task": "digits", "backbone": "gpt2-tiny", "init": "random", "batch_size": 4,
         "progress": False, "eval_size": 100}
-
-
-def without_dropout(build):
-    def build_model_without_dropout(*args, **kwargs):
-        model = build(*args, **kwargs)
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
-        return model
-
-    return build_model_without_dropout
 
 
 def solo_steps(model, batches, lr, grad_clip, weight_decay):

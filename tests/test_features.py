@@ -10,20 +10,10 @@ from fpt_core.cell import make_cell
 from fpt_core.features import build_cache, can_cache, output_logits, train_output_only
 from fpt_core.model import build_model
 from fpt_core.tasks import make_task
+from _models import without_dropout
 
 CELL = {"task": "digits", "backbone": "gpt2-tiny", "init": "random", "trainable": "output",
         "steps": 60, "eval_every": 30, "lr": 1e-2, "batch_size": 16, "progress": False}
-
-
-def without_dropout(build):
-    def build_model_without_dropout(*args, **kwargs):
-        model = build(*args, **kwargs)
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
-        return model
-
-    return build_model_without_dropout
 
 
 def test_cached_features_give_the_models_own_logits():
