@@ -206,11 +206,9 @@ def test_depth_keeps_first_blocks():
 
 
 def test_real_cell_and_task_spec():
+    from fpt_core import tasks
     from fpt_core.cell import make_cell as real_cell
 
-    tasks = pytest.importorskip("fpt_core.tasks")
-    if not hasattr(tasks, "make_spec"):
-        pytest.skip("fpt_core.tasks.make_spec not available")
     cell = real_cell({"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random"})
     spec = tasks.make_spec(cell)
     model = build_model(cell, spec)
