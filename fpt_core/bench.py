@@ -604,7 +604,7 @@ def main(argv: list[str]) -> int:
     only = set(MEASURES) if not args.only else {m.strip() for m in args.only.split(",") if m.strip()}
     unknown = only - set(MEASURES)
     if unknown:
-        from fpt_core.cell import ConfigError
+        from fpt_core.errors import ConfigError
 
         raise ConfigError(f"--only: unknown measure {sorted(unknown)[0]!r}; allowed: {', '.join(MEASURES)}")
     threads = args.threads or (1 if not torch.cuda.is_available() or args.device == "cpu" else None)

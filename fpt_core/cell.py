@@ -23,8 +23,7 @@ TOKENIZERS = ("paper", "fixed")
 NON_IDENTITY = ("data_dir", "checkpoint_every", "device", "progress")
 
 
-class ConfigError(ValueError):
-    """A bad key or value; its message is one line that names the key and the allowed values."""
+from fpt_core.errors import ConfigError  # noqa: F401  (re-exported)
 
 
 @dataclass

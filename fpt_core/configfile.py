@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from fpt_core.cell import ConfigError
+from fpt_core.errors import ConfigError
 
 
 class _StrictLoader(yaml.SafeLoader):

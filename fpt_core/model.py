@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from fpt_core.backbones import Backbone, build_backbone
 from fpt_core.backbones.base import POSITIONS_FILE, write_dir_atomically
-from fpt_core.cell import GROUPS, ConfigError
+from fpt_core.cell import GROUPS
+from fpt_core.errors import ConfigError
 
 ORTH_GAIN = 1.41
 

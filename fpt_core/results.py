@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from fpt_core.cell import GROUPS
+from fpt_core.errors import ResultError
 
 SUMMARY = "summary.parquet"
 CURVE = "curve.parquet"
@@ -38,10 +39,6 @@ SUMMARY_COLUMNS = (
 )
 CURVE_COLUMNS = ("cell_id", "step", "train_loss", "test_loss", "test_acc", "train_acc", "wall_time_s")
 _MAGIC = b"FPTCKPT1"
-
-
-class ResultError(RuntimeError):
-    """A results file that is missing columns, unreadable or truncated."""
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from fpt_core.cell import ConfigError
+from fpt_core.errors import ConfigError
 
 MARKER = "fpt_backbone.json"  # names the kind and source of an exported backbone directory
 POSITIONS_FILE = "fpt_positions.safetensors"  # a position table the FPT added, exported with it

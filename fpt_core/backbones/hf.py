@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from fpt_core.backbones.base import Backbone, write_marker
-from fpt_core.cell import ConfigError
+from fpt_core.errors import ConfigError
 
 # (name pattern, group); group None: a parameter the FPT never uses.
 HF_RULES: tuple[tuple[str, str | None], ...] = (

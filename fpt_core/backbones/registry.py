@@ -35,7 +35,7 @@ from fpt_core.backbones.hf import (
 )
 from fpt_core.backbones.lstm import LSTMBackbone
 from fpt_core.backbones.offline import minilm_dir, smollm2_dir
-from fpt_core.cell import ConfigError
+from fpt_core.errors import ConfigError
 
 KINDS = ("hf", "vit", "lstm", "auto")  # auto: vit when the config says so, hf otherwise
 # ViT ran with drop_rate = attn_drop_rate = the cell's dropout in the paper; other backbones

@@ -25,7 +25,7 @@ __all__ = ["TASKS", "DataError", "Task", "TaskSpec", "make_task", "make_spec", "
 
 def _task_class(name: str) -> type[Task]:
     if name not in TASKS:
-        from fpt_core.cell import ConfigError
+        from fpt_core.errors import ConfigError
 
         raise ConfigError(f"task: unknown value {name!r}; allowed: {', '.join(sorted(TASKS))}")
     return TASKS[name]
@@ -53,7 +53,7 @@ def prepare_data(task: str, data_dir: str | Path, **options) -> None:
         allowed = [name for name, p in params.items() if p.kind is p.KEYWORD_ONLY]
         for key in options:
             if key not in allowed:
-                from fpt_core.cell import ConfigError
+                from fpt_core.errors import ConfigError
 
                 raise ConfigError(f"{key}: unknown option for {task} data; allowed: {', '.join(allowed)}")
     cls.prepare(data_dir, **options)

@@ -14,15 +14,13 @@ from typing import ClassVar, Iterator
 import torch
 from torch import Tensor
 
+from fpt_core.errors import ConfigError, DataError
+
 # Independent random streams; a stream id is part of every seed so no two streams collide.
 TRAIN, EVAL, TRAIN_EVAL, EPOCH, AUGMENT, SUBSET, EVAL_ORDER, SPLIT = range(1, 9)
 # The held-out set must not change with the cell's seed: every cell is scored on the same examples.
 FIXED_SEED = 0
 TRAIN_EVAL_SIZE = 1000  # training examples scored for train accuracy when eval_size is unset
-
-
-class DataError(RuntimeError):
-    """Data files are missing or malformed; the message says which files to put where."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +114,7 @@ class Task:
     def prepare(cls, data_dir: str | Path, **options) -> None:
         """Make the data files available; tasks that need none do nothing."""
         if options:
-            from fpt_core.cell import ConfigError
+            from fpt_core.errors import ConfigError
 
             raise ConfigError(f"{next(iter(options))}: {cls.name} takes no data options")
 

@@ -155,7 +155,7 @@ def generate(n: int, *, max_depth: int = 10, max_args: int = 10, min_length: int
 
     min_length defaults to max_length // 4, LRA's 500 for its 2000.
     """
-    from fpt_core.cell import ConfigError
+    from fpt_core.errors import ConfigError
 
     min_length = max_length // 4 if min_length is None else min_length
     if max_depth < 2 or max_args < 2:
@@ -193,7 +193,7 @@ class ListOps(Task):
 
     def make_spec(self) -> TaskSpec:
         if self.tokenizer not in TOKENIZERS:
-            from fpt_core.cell import ConfigError
+            from fpt_core.errors import ConfigError
 
             raise ConfigError(f"tokenizer: unknown value {self.tokenizer!r}; allowed: {', '.join(TOKENIZERS)}")
         return TaskSpec(name=self.name, input_kind="tokens",
