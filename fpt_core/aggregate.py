@@ -75,7 +75,7 @@ def aggregate(cells_dir: str | Path, members: list[dict], table_path: str | Path
     return problems
 
 
-def attention_table(cell_dir: str | Path, examples: int = 1) -> pd.DataFrame:
+def attention_table(model_path: str | Path, examples: int = 1) -> pd.DataFrame:
     """Head-averaged attention of a trained cell's frozen blocks on held-out examples.
 
     Long format, one row per (example, layer, query, key), so figures need no model.
@@ -84,7 +84,7 @@ def attention_table(cell_dir: str | Path, examples: int = 1) -> pd.DataFrame:
 
     from fpt_core.train import load_trained
 
-    cell, model, task = load_trained(cell_dir)
+    cell, model, task = load_trained(model_path)
     x, _ = next(iter(task.eval_batches(examples)))
     with torch.no_grad():
         maps = model.attention_maps(x[:examples])

@@ -8,22 +8,27 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-GROUPS = ("input", "positions", "layernorm", "attention", "feedforward", "output")
-FPT_GROUPS = ("input", "positions", "layernorm", "output")
-INITS = ("pretrained", "random", "statistics")
+from fpt_core.backbones import BACKBONES, backbone_names, is_known_backbone, n_blocks_of
+from fpt_core.backbones.base import FPT_GROUPS, GROUPS, check_depth
+from fpt_core.backbones.registry import INITS, check_init
+from fpt_core.errors import ConfigError
+from fpt_core.metrics import LOGGERS, check_loggers
+from fpt_core.tasks import TASKS
+from fpt_core.tasks.listops import TOKENIZERS
+
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
-TOKENIZERS = ("paper", "fixed")
 
-# Fields that say where or how often, not what: they do not enter the cell's identity.
-NON_IDENTITY = ("data_dir", "checkpoint_every", "device", "progress")
-
-
-from fpt_core.errors import ConfigError  # noqa: F401  (re-exported)
+# Fields that say where, how often or how it is watched, not what is computed: they do not
+# enter the cell's identity, and the pipeline sets them once for every cell (config `train:`).
+NON_IDENTITY = ("data_dir", "checkpoint_every", "device", "progress", "feature_cache", "metrics")
+# Choices, field by field: the one place the allowed values live (the schema is tested against it).
+CHOICES = {"task": tuple(TASKS), "init": INITS, "precision": PRECISIONS, "device": DEVICES,
+           "tokenizer": TOKENIZERS}
 
 
 @dataclass
@@ -51,6 +56,8 @@ class Cell:
     checkpoint_every: int = 200
     device: str = "auto"
     progress: bool = True
+    feature_cache: bool = True  # output-only cells train on frozen features computed once
+    metrics: tuple[str, ...] = ("csv",)  # csv, tensorboard, wandb
 
     def __post_init__(self) -> None:
         validate(self)
@@ -58,6 +65,7 @@ class Cell:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["trainable"] = list(self.trainable)
+        d["metrics"] = list(self.metrics)
         return d
 
     def identity(self) -> dict[str, Any]:
@@ -89,7 +97,7 @@ def _coerce(key: str, value: Any) -> Any:
             return None
         raise ConfigError(f"{key}: may not be empty (type {kind})")
     try:
-        if key == "trainable":
+        if key in ("trainable", "metrics"):
             if isinstance(value, str):
                 value = [v for v in value.replace("+", ",").split(",") if v]
             if not isinstance(value, (list, tuple)):
@@ -124,27 +132,25 @@ def _choice(key: str, value: str, allowed: tuple[str, ...] | list[str]) -> None:
 
 
 def validate(cell: Cell) -> None:
-    """Check every field of a cell; registries are consulted for task and backbone names."""
-    from fpt_core.backbones import is_known_backbone, backbone_names
-    from fpt_core.tasks import TASKS
-
+    """Check every field of a cell, the registries' rules (task and backbone names, the depth a
+    backbone has, whether it has pretrained weights) included."""
     for f in fields(Cell):
         setattr(cell, f.name, _coerce(f.name, getattr(cell, f.name)))
-    _choice("task", cell.task, sorted(TASKS))
+    for key, allowed in CHOICES.items():
+        _choice(key, getattr(cell, key), allowed)
     if not is_known_backbone(cell.backbone):
         raise ConfigError(
             f"backbone: unknown value {cell.backbone!r}; allowed: {', '.join(backbone_names())}, "
             "a Hugging Face model id (org/name) or a local directory"
         )
-    _choice("init", cell.init, INITS)
-    _choice("precision", cell.precision, PRECISIONS)
-    _choice("device", cell.device, DEVICES)
-    _choice("tokenizer", cell.tokenizer, TOKENIZERS)
     for group in cell.trainable:
         _choice("trainable", group, GROUPS)
     if len(set(cell.trainable)) != len(cell.trainable):
         raise ConfigError(f"trainable: groups repeated in {','.join(cell.trainable)}")
     cell.trainable = tuple(g for g in GROUPS if g in cell.trainable)  # canonical order
+    for name in cell.metrics:
+        _choice("metrics", name, LOGGERS)
+    check_loggers(cell.metrics)
     for key in ("batch_size", "steps", "eval_every", "checkpoint_every"):
         if getattr(cell, key) <= 0:
             raise ConfigError(f"{key}: must be a positive integer, got {getattr(cell, key)}")
@@ -152,6 +158,8 @@ def validate(cell: Cell) -> None:
         value = getattr(cell, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{key}: must be a positive integer or null, got {value}")
+    if cell.seed < 0:
+        raise ConfigError(f"seed: must be an integer >= 0, got {cell.seed}")
     if not cell.lr > 0:
         raise ConfigError(f"lr: must be a positive number, got {cell.lr}")
     for key in ("grad_clip", "weight_decay"):
@@ -166,28 +174,10 @@ def validate(cell: Cell) -> None:
             f"batch_size: {cell.batch_size} does not fit a training split of n_train={cell.n_train}; "
             f"allowed: 1..{cell.n_train}"
         )
-    check_backbone_fits(cell)
-
-
-def check_backbone_fits(cell: Cell) -> None:
-    """What only the registry knows: the depth it has and whether it has pretrained weights.
-    Backbones that are not registered (hub ids, directories a later job writes) are checked when
-    they are built."""
-    from fpt_core.backbones import BACKBONES, n_blocks_of
-
     spec = BACKBONES.get(cell.backbone)
-    if spec is None:
-        return
-    if cell.init != "random" and spec.weights is None:
-        raise ConfigError(
-            f"init: backbone {cell.backbone} has no pretrained weights, so {cell.init} is not "
-            "available; allowed: random"
-        )
-    blocks = n_blocks_of(cell.backbone)
-    if cell.depth is not None and cell.depth > blocks:
-        raise ConfigError(
-            f"depth: {cell.depth} is out of range for {cell.backbone}; allowed: 1..{blocks} or null"
-        )
+    if spec is not None:  # hub ids and directories a later job writes are checked when built
+        check_init(spec, cell.init)
+        check_depth(cell.depth, n_blocks_of(cell.backbone), cell.backbone)
 
 
 def make_cell(values: dict[str, Any]) -> Cell:

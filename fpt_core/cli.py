@@ -102,7 +102,7 @@ def _number(value: str):
 
 
 def cmd_bench(args: list[str]) -> int:
-    from fpt_core.bench import main as bench_main
+    from fpt_bench.bench import main as bench_main
 
     return bench_main(args)
 

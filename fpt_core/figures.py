@@ -13,6 +13,7 @@ A table with cells missing (a partial aggregate) says so in the figure's title a
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -23,7 +24,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-KINDS = ("bars", "curves", "train-test")
 PAPER_COLOR = "black"
 
 
@@ -167,7 +167,22 @@ def _title(fig, title: str, note: str, has_paper: bool, reported) -> None:
     fig.suptitle(text, color="firebrick" if note else "black")
 
 
-def draw_bars(rows: pd.DataFrame, metric: str, reported, title: str, png: Path, md: Path) -> None:
+@dataclass
+class Ablation:
+    """What every figure function draws from: one ablation's rows of the aggregate and more."""
+
+    rows: pd.DataFrame  # the aggregate's rows of this ablation
+    curves: pd.DataFrame  # every cell's learning curve
+    reported: pd.DataFrame | None  # the paper's numbers
+    title: str
+    metric: str  # final_test_acc or best_test_acc
+    thresholds: dict[str, float]  # per task, for steps to threshold
+    png: Path
+    md: Path
+
+
+def draw_bars(a: Ablation) -> None:
+    rows, metric, reported, title, png, md = a.rows, a.metric, a.reported, a.title, a.png, a.md
     labels, tasks = labels_in_order(rows), tasks_in_order(rows)
     summary = summarize(rows, metric, reported)
     note = completeness_note(rows)
@@ -196,8 +211,8 @@ def draw_bars(rows: pd.DataFrame, metric: str, reported, title: str, png: Path, 
     md.write_text(markdown_table(summary, labels, tasks, title, note, what))
 
 
-def draw_train_test(rows: pd.DataFrame, metric: str, reported, title: str, png: Path, md: Path
-                    ) -> None:
+def draw_train_test(a: Ablation) -> None:
+    rows, metric, reported, title, png, md = a.rows, a.metric, a.reported, a.title, a.png, a.md
     labels, tasks = labels_in_order(rows), tasks_in_order(rows)
     note = completeness_note(rows)
     test = summarize(rows, metric, reported, suffix="-test").assign(split="test")
@@ -269,8 +284,9 @@ def steps_summary(rows: pd.DataFrame, reported, curves: pd.DataFrame | None = No
     return pd.DataFrame(out)
 
 
-def draw_curves(rows: pd.DataFrame, curves: pd.DataFrame, reported, title: str, png: Path,
-                md: Path, thresholds: dict[str, float] | None = None) -> None:
+def draw_curves(a: Ablation) -> None:
+    rows, curves, reported, title, png, md = a.rows, a.curves, a.reported, a.title, a.png, a.md
+    thresholds = a.thresholds
     labels, tasks = labels_in_order(rows), tasks_in_order(rows)
     note = completeness_note(rows)
     steps = steps_summary(rows, reported, curves, thresholds)
@@ -307,6 +323,10 @@ def draw_curves(rows: pd.DataFrame, curves: pd.DataFrame, reported, title: str, 
     md.write_text(markdown_table(steps, labels, tasks, title, note, what, digits=0))
 
 
+# Figure kinds by name (an ablation's `figure:`); each draws a PNG and a Markdown table.
+FIGURES = {"bars": draw_bars, "curves": draw_curves, "train-test": draw_train_test}
+
+
 def _save(fig, png: Path) -> None:
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
@@ -318,20 +338,13 @@ def draw_ablation(table_path: str | Path, curves_path: str | Path, ablation: str
                   title: str, metric: str, reported_path: str | Path | None,
                   png: str | Path, md: str | Path, thresholds: dict[str, float] | None = None
                   ) -> None:
-    """The figure and table of one ablation, from the aggregate (and the curves for `curves`)."""
-    if kind not in KINDS:
-        raise ValueError(f"figure: unknown value {kind!r}; allowed: {', '.join(KINDS)}")
+    """The figure and table of one ablation, from the aggregate tables, by its kind."""
+    if kind not in FIGURES:
+        raise ValueError(f"figure: unknown value {kind!r}; allowed: {', '.join(FIGURES)}")
     sns.set_theme(style="whitegrid", context="paper")
-    table = pd.read_parquet(table_path)
-    rows = ablation_rows(table, ablation)
-    reported = load_reported(reported_path)
-    png, md = Path(png), Path(md)
-    if kind == "curves":
-        draw_curves(rows, pd.read_parquet(curves_path), reported, title, png, md, thresholds)
-    elif kind == "train-test":
-        draw_train_test(rows, metric, reported, title, png, md)
-    else:
-        draw_bars(rows, metric, reported, title, png, md)
+    rows = ablation_rows(pd.read_parquet(table_path), ablation)
+    FIGURES[kind](Ablation(rows, pd.read_parquet(curves_path), load_reported(reported_path), title,
+                           metric, thresholds or {}, Path(png), Path(md)))
 
 
 def draw_attention(attention_path: str | Path, png: str | Path, example: int = 0) -> None:

@@ -38,7 +38,8 @@ TRAINABLE_ALIASES = {"all": list(GROUPS), "fpt": list(FPT_GROUPS)}
 # Where and how often, not what: set once for the whole run in the config's `train:` block, so
 # changing them neither changes a cell's id nor its job's parameters (and retrains nothing).
 RUN_FIELDS = NON_IDENTITY
-RUN_DEFAULTS = {"data_dir": "data", "checkpoint_every": 200, "device": "auto", "progress": False}
+RUN_DEFAULTS = {"data_dir": "data", "checkpoint_every": 200, "device": "auto", "progress": False,
+                "feature_cache": True, "metrics": ["csv"]}
 
 
 @dataclass(frozen=True)

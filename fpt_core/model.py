@@ -28,11 +28,19 @@ import torch
 from torch import Tensor, nn
 
 from fpt_core.backbones import Backbone, build_backbone
-from fpt_core.backbones.base import POSITIONS_FILE, write_dir_atomically
-from fpt_core.cell import GROUPS
+from fpt_core.atomic import atomic_dir
+from fpt_core.backbones.base import POSITIONS_FILE
+from fpt_core.backbones.base import GROUPS
 from fpt_core.errors import ConfigError
 
 ORTH_GAIN = 1.41
+
+
+def autocast(precision: str, device: str | torch.device):
+    """bf16 autocast for a bf16 cell; fp32 runs as it is."""
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def vector_input(input_dim: int, hidden: int, dropout: float) -> nn.Module:
@@ -116,9 +124,8 @@ class FPT(nn.Module):
         was_training = self.training
         self.eval()
         low = any(p.dtype == torch.bfloat16 for p in self.backbone.parameters())
-        cast = torch.autocast(x.device.type, dtype=torch.bfloat16) if low else nullcontext()
         try:
-            with cast:
+            with autocast("bf16" if low else "fp32", x.device):
                 return [m.detach().float() for m in self.backbone.attention_maps(self.embed(x))]
         finally:
             self.train(was_training)
@@ -204,4 +211,4 @@ def export_backbone(model: FPT, out_dir: str | Path) -> Path:
             table = model.pos_table.detach().float().contiguous()
             save_file({"positions": table}, str(tmp / POSITIONS_FILE), metadata={"format": "pt"})
 
-    return write_dir_atomically(Path(out_dir), fill)
+    return atomic_dir(Path(out_dir), fill)

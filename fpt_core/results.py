@@ -8,25 +8,26 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
-import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from fpt_core.cell import GROUPS
+from fpt_core.atomic import atomic_path
+from fpt_core.backbones.base import GROUPS
 from fpt_core.errors import ResultError
 
 SUMMARY = "summary.parquet"
 CURVE = "curve.parquet"
 MODEL = "model.pt"
 CHECKPOINT = "checkpoint.pt"
+PROGRESS = "progress.json"  # state of a running cell, for `fpt status`
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 STATUSES = ("finished", "diverged")
 
@@ -41,31 +42,14 @@ CURVE_COLUMNS = ("cell_id", "step", "train_loss", "test_loss", "test_acc", "trai
 _MAGIC = b"FPTCKPT1"
 
 
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success fsync it and rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+
+
+def write_json(obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n")
 
 
 def read_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:

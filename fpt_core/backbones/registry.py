@@ -37,7 +37,7 @@ from fpt_core.backbones.lstm import LSTMBackbone
 from fpt_core.backbones.offline import minilm_dir, smollm2_dir
 from fpt_core.errors import ConfigError
 
-KINDS = ("hf", "vit", "lstm", "auto")  # auto: vit when the config says so, hf otherwise
+INITS = ("pretrained", "random", "statistics")
 # ViT ran with drop_rate = attn_drop_rate = the cell's dropout in the paper; other backbones
 # keep their config's own dropout.
 DROPOUT_KEYS = {"vit": ("hidden_dropout_prob", "attention_probs_dropout_prob")}
@@ -188,6 +188,16 @@ def n_blocks_of(name: str) -> int:
     return config["n_layer"] if spec.kind == "lstm" else config.num_hidden_layers
 
 
+def check_init(spec: BackboneSpec, init: str) -> None:
+    if init not in INITS:
+        raise ConfigError(f"init: unknown value {init!r}; allowed: {', '.join(INITS)}")
+    if init != "random" and spec.weights is None:
+        raise ConfigError(
+            f"init: backbone {spec.name} has no pretrained weights, so {init} is not available; "
+            "allowed: random"
+        )
+
+
 def build_backbone(
     name: str, init: str, *, seed: int = 0, depth: int | None = None, dropout: float = 0.1
 ) -> Backbone:
@@ -196,13 +206,7 @@ def build_backbone(
     Everything drawn at random is drawn from `seed`; every parameter comes back frozen.
     """
     spec = resolve(name)
-    if init not in ("pretrained", "random", "statistics"):
-        raise ConfigError(f"init: unknown value {init!r}; allowed: pretrained, random, statistics")
-    if init != "random" and spec.weights is None:
-        raise ConfigError(
-            f"init: backbone {name} has no pretrained weights, so {init} is not available; "
-            "allowed: random"
-        )
+    check_init(spec, init)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         build = _build_lstm if spec.kind == "lstm" else _build_hf

@@ -146,13 +146,27 @@ class Task:
         order = torch.randperm(len(y), generator=generator(FIXED_SEED, EVAL_ORDER))
         self._eval = (x[order], y[order])
 
+    def training_split(self) -> tuple[Tensor, Tensor] | None:
+        """The fixed training split (raw inputs, labels); None for tasks that draw fresh examples."""
+        self.load()
+        return self._train
+
+    def inputs(self, raw: Tensor) -> Tensor:
+        """Model inputs for raw examples, without augmentation."""
+        return self._features(raw, None)
+
+    def batch_indices(self, step: int, batch_size: int) -> Tensor:
+        """Positions in the training split of batch `step`; needs a fixed split."""
+        self.load()
+        return self._sampler.indices(step, batch_size)
+
     def train_batch(self, step: int, batch_size: int) -> tuple[Tensor, Tensor]:
         """Batch `step` of training: a pure function of (seed, step, batch_size)."""
         self.load()
         if self._train is None:
             raw, y = self._sample(generator(self.seed, TRAIN, step), batch_size)
         else:
-            idx = self._sampler.indices(step, batch_size)
+            idx = self.batch_indices(step, batch_size)
             raw, y = self._train[0][idx], self._train[1][idx]
         aug = generator(self.seed, AUGMENT, step) if self.augment else None
         return self._features(raw, aug), y

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fpt_core.atomic import atomic_path
 from fpt_core.tasks.base import DataError, Task, TaskSpec, missing
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")  # LRA's ops; FIRST and LAST are commented out there
@@ -178,12 +179,10 @@ def generate(n: int, *, max_depth: int = 10, max_args: int = 10, min_length: int
 
 
 def write_tsv(rows: list[tuple[str, int]], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t")
         writer.writerow(["Source", "Target"])
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 class ListOps(Task):
@@ -192,10 +191,6 @@ class ListOps(Task):
     eval_split = "val"  # the paper's code scored the validation file (get_datasets' second output)
 
     def make_spec(self) -> TaskSpec:
-        if self.tokenizer not in TOKENIZERS:
-            from fpt_core.errors import ConfigError
-
-            raise ConfigError(f"tokenizer: unknown value {self.tokenizer!r}; allowed: {', '.join(TOKENIZERS)}")
         return TaskSpec(name=self.name, input_kind="tokens",
                         input_dim=PAPER_VOCAB if self.tokenizer == "paper" else FIXED_VOCAB,
                         n_tokens=self.max_len or DEFAULT_LEN, n_classes=10, n_readout=1,

@@ -1,5 +1,4 @@
 """Attention maps of one trained cell on held-out examples, as a Parquet table."""
-import os
 import sys
 
 from fpt_core import results
@@ -7,6 +6,5 @@ from fpt_core.aggregate import attention_table
 
 # Uncaught errors go to the log too: sys.excepthook writes to sys.stderr.
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
-cell_dir = os.path.dirname(snakemake.input.summary)
-table = attention_table(cell_dir, snakemake.params.examples)
+table = attention_table(snakemake.input.model, snakemake.params.examples)
 results.write_parquet(table, snakemake.output[0])

@@ -1,16 +1,11 @@
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
-import fpt_core.model as model_mod
-import fpt_core.train as train_mod
-from fpt_core import results
 from fpt_core.cell import make_cell
-from fpt_core.ensemble import SharedBackbone, check_compatible, train_together
+from fpt_bench.ensemble import SharedBackbone
 from fpt_core.model import build_model
 from fpt_core.tasks import make_task
-from _models import without_dropout
 
 CELL = {"task": "digits", "backbone": "gpt2-tiny", "init": "random", "batch_size": 4,
         "progress": False, "eval_size": 100}
@@ -70,22 +65,3 @@ def test_random_backbones_of_different_seeds_cannot_share():
     models = [build_model(make_cell({**CELL, "seed": s}), spec) for s in (0, 1)]
     with pytest.raises(ValueError, match="frozen weights"):
         SharedBackbone(models, [1e-3, 1e-3])
-
-
-def test_only_seed_and_lr_may_differ():
-    check_compatible([make_cell({**CELL, "lr": 1e-3}), make_cell({**CELL, "lr": 1e-2, "seed": 3})])
-    with pytest.raises(ValueError, match="batch_size"):
-        check_compatible([make_cell(CELL), make_cell({**CELL, "batch_size": 8})])
-
-
-def test_train_together_matches_train_cell_per_cell(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_mod, "build_model", without_dropout(model_mod.build_model))
-    monkeypatch.setattr(model_mod, "build_model", without_dropout(model_mod.build_model))
-    cells = [make_cell({**CELL, "steps": 20, "eval_every": 10, "lr": lr}) for lr in (1e-3, 1e-2)]
-    states = train_together(cells)
-    for cell, state in zip(cells, states):
-        train_mod.train_cell(cell, tmp_path / cell.id)
-        alone = results.read_curve(tmp_path / cell.id).drop(columns=["cell_id", "wall_time_s"])
-        got = pd.DataFrame(state["curve"]).drop(columns=["wall_time_s"])
-        pd.testing.assert_frame_equal(got, alone, check_exact=False, rtol=1e-4, atol=1e-5)
-        assert state["status"] == "finished" and state["step"] == 20

@@ -19,7 +19,7 @@ Measures:
 - output_only_epoch: an output-layer-only epoch on cached frozen features (fpt_core.features)
   against the trainer path that runs the backbone every step.
 - shared_backbone: cells at batch 4 that share one frozen backbone stepped together
-  (fpt_core.ensemble) against the same cells stepped one after another.
+  (fpt_bench.ensemble) against the same cells stepped one after another.
 - dry_run: `snakemake -n --configfile config/paper.yaml --quiet`, in seconds.
 """
 from __future__ import annotations
@@ -271,9 +271,9 @@ def numpy_batch(spec, batch_size: int, rng: np.random.Generator):
 
 def trainer_step(model, optimizer, params, task, cell, device, step: int) -> float:
     """One step exactly as fpt_core.train.train_cell's loop takes it."""
-    from fpt_core.train import train_step
+    from fpt_core.train import LiveBatches, train_step
 
-    return train_step(model, optimizer, params, task, cell, device, step).item()
+    return train_step(LiveBatches(model, task, cell, device), optimizer, params, cell, device, step).item()
 
 
 def reference_step(model, optimizer, spec, batch_size: int, rng, grad_clip: float, device) -> float:
@@ -425,7 +425,8 @@ def synthetic_dataset(spec, n_train: int, n_test: int, seed: int = 0):
 
 def measure_output_only(s: Settings) -> list[dict]:
     """An output-only epoch on cached features vs the trainer recomputing the backbone each step."""
-    from fpt_core.features import build_cache, head_steps
+    from fpt_core.features import CachedFeatures
+    from fpt_core.train import train_step
 
     spec = make_spec("cifar10")
     cell = bench_cell(s, "cifar10", trainable="output")
@@ -434,7 +435,7 @@ def measure_output_only(s: Settings) -> list[dict]:
     cached_opt = torch.optim.Adam(params, lr=cell.lr)
     epoch = -(-s.n_train // cell.batch_size)
     reset_peak(s.device)
-    cache = build_cache(model, task, cell.precision, s.device, 64)
+    cache = CachedFeatures(model, task, cell, s.device, 64)
     cache_peak = peak_mb(s.device)
     state = {"recomputed": 0, "cached": 0}
 
@@ -446,8 +447,8 @@ def measure_output_only(s: Settings) -> list[dict]:
 
     def cached():
         start = state["cached"]
-        losses = head_steps(model, cached_opt, params, cache, task, cell, start, start + epoch)
-        torch.stack(losses).tolist()  # the trainer checks the losses once per evaluation
+        for step in range(start, start + epoch):
+            train_step(cache, cached_opt, params, cell, s.device, step).item()
         state["cached"] += epoch
 
     timed = alternate({"baseline": recomputed, "ours": cached}, s.repeats, s.device)
@@ -466,7 +467,7 @@ def measure_output_only(s: Settings) -> list[dict]:
 
 def measure_shared(s: Settings, shape: str) -> list[dict]:
     """Cells sharing one frozen backbone at batch 4: stepped together vs one after another."""
-    from fpt_core.ensemble import SharedBackbone
+    from fpt_bench.ensemble import SharedBackbone
 
     spec = make_spec(shape)
     lrs = [1e-3 * (i + 1) for i in range(s.n_cells)]

@@ -14,18 +14,13 @@ as a solo run, not the same masks.
 from __future__ import annotations
 
 import math
-import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, vmap
 
-from fpt_core.cell import Cell
-
-# Fields that may differ between cells trained together; all others must match.
-MAY_DIFFER = ("seed", "lr", "progress", "checkpoint_every", "data_dir")
+from fpt_core.model import autocast
 
 
 class SharedBackbone:
@@ -60,9 +55,7 @@ class SharedBackbone:
 
     def logits(self, xs: Tensor) -> Tensor:
         """(K, B, ...) inputs, one batch per cell -> (K, B, n_predictions, n_classes) logits."""
-        cast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
-                if self.precision == "bf16" else nullcontext())
-        with cast:
+        with autocast(self.precision, self.device):
             out = vmap(self._one, randomness="different")(self.params, xs)
         return out.float()
 
@@ -137,71 +130,3 @@ def check_shared(models, names: list[str], frozen: dict[str, Tensor]) -> None:
                     f"model {i} has other frozen weights than model 0 ({n}); cells share a backbone "
                     "only when init=pretrained, or init=random/statistics with the same seed"
                 )
-
-
-def check_compatible(cells: list[Cell]) -> None:
-    """Cells train together when they differ only in MAY_DIFFER fields."""
-    first = cells[0].to_dict()
-    for cell in cells[1:]:
-        for key, value in cell.to_dict().items():
-            if key not in MAY_DIFFER and value != first[key]:
-                raise ValueError(
-                    f"{key}: cells trained together must agree on it ({first[key]!r} vs {value!r}); "
-                    f"only {', '.join(MAY_DIFFER)} may differ"
-                )
-
-
-def train_together(cells: list[Cell], device: str | torch.device = "cpu") -> list[dict]:
-    """Train cells that share a frozen backbone in one process: one trainer state per cell.
-
-    Each state holds what fpt_core.train.finish expects (step, curve, best_test_acc, best_step,
-    status, wall_time_s); each cell reads its own training batches and is evaluated on its own.
-    """
-    from fpt_core.model import build_model
-    from fpt_core.tasks import make_task
-    from fpt_core.train import record_eval, step_seed
-
-    check_compatible(cells)
-    device = torch.device(device)
-    tasks = [make_task(c) for c in cells]
-    models = [build_model(c, t.spec).to(device).train() for c, t in zip(cells, tasks)]
-    first = cells[0]
-    group = SharedBackbone(models, [c.lr for c in cells], grad_clip=first.grad_clip,
-                           weight_decay=first.weight_decay, precision=first.precision)
-    states = [{"cell_id": c.id, "step": 0, "curve": [], "loss_sum": 0.0, "loss_count": 0,
-               "best_test_acc": -1.0, "best_step": None, "status": "finished", "wall_time_s": 0.0}
-              for c in cells]
-    loss_sum = torch.zeros(len(cells), device=device)
-    first_bad = torch.full((len(cells),), -1, dtype=torch.long, device=device)
-    since_eval = 0
-    started = time.perf_counter()
-    for step in range(first.steps):
-        torch.manual_seed(step_seed(first.seed, step))
-        batches = [t.train_batch(step, first.batch_size) for t in tasks]
-        xs = torch.stack([x for x, _ in batches]).to(device, non_blocking=True)
-        ys = torch.stack([y for _, y in batches]).to(device, non_blocking=True)
-        losses = group.train_step(xs, ys)
-        newly_bad = (first_bad < 0) & ~torch.isfinite(losses)
-        first_bad = torch.where(newly_bad, step, first_bad)
-        loss_sum += torch.where(first_bad < 0, losses, 0.0)
-        since_eval += 1
-        done = step + 1
-        if done % first.eval_every == 0 or done == first.steps:
-            group.write_back(models)
-            bad = first_bad.tolist()
-            sums = loss_sum.tolist()
-            for k, (cell, state) in enumerate(zip(cells, states)):
-                if state["status"] == "diverged":
-                    continue
-                if bad[k] >= 0:
-                    state.update(status="diverged", step=bad[k])
-                    continue
-                state.update(step=done, loss_sum=sums[k], loss_count=since_eval)
-                record_eval(state, models[k], tasks[k], cell, device, started)
-            loss_sum.zero_()
-            since_eval = 0
-    group.write_back(models)
-    wall = time.perf_counter() - started
-    for state in states:
-        state["wall_time_s"] = wall
-    return [dict(state, model=model, task=task) for state, model, task in zip(states, models, tasks)]
