@@ -5,6 +5,9 @@
 #     snakemake --cores 1 figures           every figure from results/ (trains only missing cells)
 #     snakemake -n --configfile config/paper.yaml   the paper's whole grid
 #
+# Each config names its study: its table goes to results/<study>/, its figures to
+# figures/<study>/, while cells are shared by every study under results/cells/.
+#
 # The workflow profile profiles/default/ is read automatically; it decides what makes a job
 # rerun (see the comment there: a fresh clone retrains nothing).
 
@@ -47,5 +50,5 @@ localrules:
 rule all:
     default_target: True
     input:
-        "results/aggregate.parquet",
+        f"{RESULTS}/aggregate.parquet",
         figure_targets(),

@@ -90,14 +90,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 # ---------------------------------------------------------------- memory and timing
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -1,6 +1,6 @@
 """Every cell's results in two tables: one row per (cell, ablation, row label), and all curves.
 
-The aggregate is what figures read: results/aggregate.parquet holds each summary row joined to
+The aggregate is what figures read: results/<study>/aggregate.parquet holds each summary row joined to
 the ablation memberships the grid gave the cell (ablation, experiment, label, label_order,
 figure), so a figure filters on its ablation and groups by (task, label) over seeds. A cell whose
 files are missing appears with status "missing" when a partial table was asked for; otherwise
@@ -16,7 +16,7 @@ from fpt_core import results
 from fpt_core.results import ResultError
 
 MEMBER_COLUMNS = (
-    "cell_id", "ablation", "experiment", "label", "label_order", "figure", "task", "seed",
+    "cell_id", "ablation", "experiment", "label", "label_order", "task", "seed",
 )
 
 

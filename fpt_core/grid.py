@@ -17,8 +17,8 @@ ablation's `set`, the ablation's per_task[task], the row, the axes. Two ablation
 the same cell share it: the union of cells is keyed by cell id, and every (cell, ablation, label)
 is remembered as a membership so figures can group by the ablation's rows.
 
-Expansion is pure Python (`expand`), resolution into validated cells is separate (`build`) and
-takes the cell factory as an argument so that expansion can be tested on its own.
+Expansion is pure Python (`expand`); resolution into validated cells is separate (`build`), so
+that expansion can be tested on its own.
 """
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ import itertools
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from fpt_core.cell import FPT_GROUPS, GROUPS, NON_IDENTITY, ConfigError
+from fpt_core.cell import FPT_GROUPS, GROUPS, NON_IDENTITY, make_cell
+from fpt_core.errors import ConfigError
 
 # The pipeline's own pretrained backbones: the config names one backbones/<name>; cells load it
 # from backbones/<name>-<id of the pretraining cell>, so a changed pretraining changes the id of
@@ -61,7 +62,6 @@ class Member:
     experiment: str
     label: str
     label_order: int
-    figure: str
     task: str  # also in the cell's summary; here so a missing cell still has its place
     seed: int
 
@@ -72,11 +72,6 @@ class Grid:
     members: list[Member] = field(default_factory=list)
     pretrain: dict[str, Any] = field(default_factory=dict)  # name -> Cell trained then exported
     ablations: dict[str, dict] = field(default_factory=dict)  # name -> its config block
-
-    def cell_ids(self, ablation: str | None = None) -> list[str]:
-        if ablation is None:
-            return list(self.cells)
-        return list(dict.fromkeys(m.cell_id for m in self.members if m.ablation == ablation))
 
     def membership(self) -> list[dict[str, Any]]:
         return [m.__dict__.copy() for m in self.members]
@@ -186,8 +181,7 @@ def _label(name: str, spec: dict, row: str | None, axes: dict, combo: dict, valu
         ) from None
 
 
-def _cell_or_error(make_cell: Callable, values: dict, source: dict, where: str,
-                   run: dict[str, Any]):
+def _cell_or_error(values: dict, source: dict, where: str, run: dict[str, Any]):
     try:
         return make_cell({**values, **run})
     except ConfigError as e:
@@ -198,21 +192,19 @@ def _cell_or_error(make_cell: Callable, values: dict, source: dict, where: str,
         raise ConfigError(f"{path}: {rest}") from None
 
 
-def build(config: dict, make_cell: Callable | None = None) -> Grid:
+def build(config: dict) -> Grid:
     """Resolve every grid point into a validated cell and deduplicate by cell id."""
-    if make_cell is None:
-        from fpt_core.cell import make_cell
     run = run_settings(config)
     grid = Grid(ablations=dict(config.get("ablations") or {}))
     for name, values in (config.get("pretrain") or {}).items():
         merged, source = resolve(config, [(f"pretrain.{name}", values)])
-        grid.pretrain[name] = _cell_or_error(make_cell, merged, source, f"pretrain.{name}", run)
+        grid.pretrain[name] = _cell_or_error(merged, source, f"pretrain.{name}", run)
     orders: dict[tuple[str, str], int] = {}
     seen: set[tuple[str, str, str]] = set()
     for point in expand(config):
         where = f"ablations.{point.ablation} (row {point.label})"
         values = {**point.values, "backbone": _backbone(point, grid)}
-        cell = _cell_or_error(make_cell, values, point.source, where, run)
+        cell = _cell_or_error(values, point.source, where, run)
         grid.cells.setdefault(cell.id, cell)
         order = orders.setdefault((point.ablation, point.label), len(
             [k for k in orders if k[0] == point.ablation]))
@@ -224,7 +216,7 @@ def build(config: dict, make_cell: Callable | None = None) -> Grid:
         grid.members.append(Member(
             cell_id=cell.id, ablation=point.ablation,
             experiment=spec.get("experiment", point.ablation), label=point.label,
-            label_order=order, figure=spec.get("figure", "bars"), task=cell.task, seed=cell.seed,
+            label_order=order, task=cell.task, seed=cell.seed,
         ))
     return grid
 
@@ -259,11 +251,10 @@ def run_args(config: dict) -> str:
     return " ".join(shlex.quote(f"{k}={_arg(v)}") for k, v in run_settings(config).items())
 
 
-def cell_args(cell, fields: Iterable[str] | None = None) -> str:
+def cell_args(cell) -> str:
     """`key=value` arguments for `fpt train` that rebuild exactly this cell."""
     values = cell.to_dict()
-    names = list(fields) if fields is not None else [k for k in values if k not in RUN_FIELDS]
-    return " ".join(shlex.quote(f"{k}={_arg(values[k])}") for k in names)
+    return " ".join(shlex.quote(f"{k}={_arg(v)}") for k, v in values.items() if k not in RUN_FIELDS)
 
 
 def _arg(value: Any) -> str:

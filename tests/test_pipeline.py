@@ -26,7 +26,7 @@ from fpt_core.grid import build
 from fpt_core.results import ResultError
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "workflow", "profiles", "environment.yml")
+WORKFLOW_FILES = ("Snakefile", "workflow", "profiles", "environment.yml", "paper")
 
 
 # ------------------------------------------------------------------ independent expected counts
@@ -115,7 +115,7 @@ def tiny(**ablations) -> dict:
         "axes": {"task": ["bit-xor"], "seed": [0, 1]},
         "ablations": ablations,
         "train": {"device": "cpu"},
-        "figures": {"reported": str(ROOT.parent / "shared" / "paper" / "reported.csv")},
+        "figures": {"reported": "paper/reported.csv"},
     }
 
 
@@ -132,7 +132,7 @@ def test_default_grid_dry_run_trains_each_distinct_cell_once(tmp_path):
     assert counts["pretrain"] == len(cfg["pretrain"]) == counts["export_backbone"]
     assert counts["prepare_data"] == len(cfg["data"]) and counts["draw_figures"] == 1
     for name in cfg["ablations"]:
-        assert f"figures/{name}.png" in out and f"figures/{name}.md" in out
+        assert f"figures/default/{name}.png" in out and f"figures/default/{name}.md" in out
 
 
 @pytest.mark.slow
@@ -143,7 +143,25 @@ def test_paper_grid_dry_run_lists_every_cell(tmp_path):
     shutil.copy(ROOT / "config" / "paper.yaml", where / "config" / "paper.yaml")
     out = snakemake(where, "-n", "--configfile", "config/paper.yaml").stdout
     assert job_counts(out)["train"] == len(cells)
-    assert f"figures/{next(reversed(cfg['ablations']))}.png" in out
+    assert f"figures/paper/{next(reversed(cfg['ablations']))}.png" in out
+
+
+@pytest.mark.slow
+def test_studies_switch_on_a_clone_with_the_committed_results(tmp_path):
+    """The paper study lists all its cells beside the committed default results, the default
+    study none, and switching back and forth lists no training for either's finished cells."""
+    where = workdir(tmp_path)
+    shutil.copy(ROOT / "config" / "paper.yaml", where / "config" / "paper.yaml")
+    shutil.copytree(ROOT / "results", where / "results")
+    shutil.copytree(ROOT / "figures", where / "figures")
+    paper, _ = expected_cells(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()))
+    for _ in range(2):
+        out = snakemake(where, "-n").stdout
+        assert "rule train:" not in out, out[-2000:]
+        out = snakemake(where, "-n", "--configfile", "config/paper.yaml").stdout
+        assert job_counts(out)["train"] == len(paper)
+        assert "results/paper/aggregate.parquet" in out and "results/default/" not in out
+        assert "figures/paper/headline.png" in out and "figures/default/" not in out
 
 
 def test_a_new_ablation_in_the_config_alone_adds_its_cells_and_figure(tmp_path):
@@ -162,7 +180,7 @@ def test_a_new_ablation_in_the_config_alone_adds_its_cells_and_figure(tmp_path):
     assert before < after and len(after) == len(cells) == job_counts(out)["train"]
     # its fpt at lr 1e-3 is headline's fpt: shared, trained once
     assert len(after - before) == len(new_cells - per_ablation["headline"][0]) == new_points - 2
-    assert "figures/my-new-one.png" in out and "figures/my-new-one.md" in out
+    assert "figures/default/my-new-one.png" in out and "figures/default/my-new-one.md" in out
 
 
 @pytest.mark.parametrize("change, message", [
@@ -250,10 +268,10 @@ def test_small_grid_end_to_end_then_nothing_to_do_and_fresh_clone_trains_nothing
     cfg["attention"] = {"ablation": "headline", "label": "fpt", "seed": 0, "tasks": ["bit-xor"]}
     where = workdir(tmp_path / "run", cfg)
     snakemake(where, "--cores", "2")
-    table = pd.read_parquet(where / "results" / "aggregate.parquet")
+    table = pd.read_parquet(where / "results" / "default" / "aggregate.parquet")
     assert len(table) == 6 and set(table["status"]) == {"finished"}
     for name in ("headline.png", "headline.md", "compute-efficiency.png", "attention-bit-xor.png"):
-        assert (where / "figures" / name).stat().st_size > 0
+        assert (where / "figures" / "default" / name).stat().st_size > 0
     assert len(list((where / "results" / "cells").glob("*/benchmark.tsv"))) == 4
     assert "Nothing to be done" in snakemake(where, "-n").stdout
 
@@ -261,5 +279,5 @@ def test_small_grid_end_to_end_then_nothing_to_do_and_fresh_clone_trains_nothing
     assert "rule train" not in snakemake(clone, "-n").stdout
     shutil.rmtree(clone / "figures")
     out = snakemake(clone, "--cores", "1", "figures").stdout
-    assert "rule train" not in out and (clone / "figures" / "headline.png").exists()
+    assert "rule train" not in out and (clone / "figures" / "default" / "headline.png").exists()
     assert "Nothing to be done" in snakemake(clone, "-n", "--cores", "2").stdout

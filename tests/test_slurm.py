@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 # The pipeline's layout and how it is run; everything below reads only these.
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = ["slurm", ".ci/slurm-ci-profile"]  # relative to REPO, where snakemake runs
-TARGET = "results/aggregate.parquet"
+TARGET = "results/default/aggregate.parquet"
 CELLS_DIR = "results/cells"  # one directory per cell, named by its id
 SUMMARY = "summary.parquet"
 CHECKPOINT = "checkpoint.pt"  # present while a cell is unfinished

@@ -6,15 +6,15 @@ rule aggregate:
         summaries=expand(f"{CELLS_DIR}/{{cell}}/summary.parquet", cell=aggregate_cells()),
         curves=expand(f"{CELLS_DIR}/{{cell}}/curve.parquet", cell=aggregate_cells()),
     output:
-        table="results/aggregate.parquet",
-        curves="results/curves.parquet",
+        table=f"{RESULTS}/aggregate.parquet",
+        curves=f"{RESULTS}/curves.parquet",
     params:
         # every cell of the grid, finished or not, so a partial table can name the missing
         cells_dir=lambda wildcards: CELLS_DIR,
         members=GRID.membership(),
         partial=PARTIAL,
     log:
-        "logs/aggregate.log",
+        f"logs/{STUDY}/aggregate.log",
     conda:
         "../../environment.yml"
     script:

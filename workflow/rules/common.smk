@@ -28,6 +28,9 @@ except ConfigError as error:
     raise WorkflowError(str(error)) from None
 validate(config, str(SCHEMA))
 
+STUDY = config.get("study", "default")
+RESULTS = f"results/{STUDY}"  # this study's tables; cells are shared under results/cells
+FIGURES_DIR = f"figures/{STUDY}"
 TRAIN = config.get("train") or {}
 DATA_DIR = fpt_grid.run_settings(config)["data_dir"]
 RUN_ARGS = fpt_grid.run_args(config)
@@ -101,8 +104,8 @@ def aggregate_cells():
 def figure_targets():
     targets = []
     for name in GRID.ablations:
-        targets += [f"figures/{name}.png", f"figures/{name}.md"]
-    targets += [f"figures/attention-{task}.png" for task in attention_tasks()]
+        targets += [f"{FIGURES_DIR}/{name}.png", f"{FIGURES_DIR}/{name}.md"]
+    targets += [f"{FIGURES_DIR}/attention-{task}.png" for task in attention_tasks()]
     return targets
 
 
@@ -116,7 +119,7 @@ def attention_tasks():
     tasks = [t for t in ATTENTION.get("tasks", []) if attention_cell(t) is not None]
     if PARTIAL:
         tasks = [t for t in tasks if is_finished(attention_cell(t))
-                 or os.path.exists(f"results/attention/{t}.parquet")]
+                 or os.path.exists(f"{RESULTS}/attention/{t}.parquet")]
     return tasks
 
 
@@ -131,10 +134,9 @@ def attention_cell(task):
 
 
 def reported_path():
-    """The first of the configured reported.csv paths that exists (a clone may lack ../shared)."""
-    paths = FIGURES.get("reported", ["../shared/paper/reported.csv"])
-    paths = [paths] if isinstance(paths, str) else paths
-    return next((p for p in paths if os.path.isfile(p)), None)
+    """The paper's numbers; figures say so when the file is absent."""
+    path = FIGURES.get("reported", "paper/reported.csv")
+    return path if os.path.isfile(path) else None
 
 
 def regex_of(names):

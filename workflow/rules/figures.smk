@@ -10,23 +10,23 @@ rule figures:
 
 rule draw_figures:
     input:
-        table="results/aggregate.parquet",
-        curves="results/curves.parquet",
-        attention=expand("results/attention/{task}.parquet", task=attention_tasks()),
+        table=f"{RESULTS}/aggregate.parquet",
+        curves=f"{RESULTS}/curves.parquet",
+        attention=expand(f"{RESULTS}/attention/{{task}}.parquet", task=attention_tasks()),
     output:
         images=[
             report(
-                f"figures/{name}.png",
+                f"{FIGURES_DIR}/{name}.png",
                 caption="../report/ablation.rst",
                 category="Ablations",
                 labels={"ablation": name, "figure": ablation_setting(name, "figure", "bars")},
             )
             for name in GRID.ablations
         ],
-        tables=expand("figures/{ablation}.md", ablation=GRID.ablations),
+        tables=expand(f"{FIGURES_DIR}/{{ablation}}.md", ablation=GRID.ablations),
         attention=[
             report(
-                f"figures/attention-{task}.png",
+                f"{FIGURES_DIR}/attention-{task}.png",
                 caption="../report/attention.rst",
                 category="Attention maps",
                 labels={"task": task},
@@ -45,7 +45,7 @@ rule draw_figures:
         metric=FIGURES.get("metric", "final_test_acc"),
         reported=reported_path(),
     log:
-        "logs/figures.log",
+        f"logs/{STUDY}/figures.log",
     conda:
         "../../environment.yml"
     script:
@@ -60,11 +60,11 @@ rule attention_maps:
             f"{CELLS_DIR}/{attention_cell(wildcards.task)}/summary.parquet"
         ),
     output:
-        "results/attention/{task}.parquet",
+        f"{RESULTS}/attention/{{task}}.parquet",
     params:
         examples=ATTENTION.get("examples", 1),
     log:
-        "logs/attention/{task}.log",
+        f"logs/{STUDY}/attention/{{task}}.log",
     wildcard_constraints:
         task=regex_of(attention_tasks()),
     conda:

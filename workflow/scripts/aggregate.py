@@ -1,4 +1,4 @@
-"""Every cell's summary and curve into results/aggregate.parquet and results/curves.parquet."""
+"""Every cell's summary and curve into the study's aggregate.parquet and curves.parquet."""
 import sys
 
 from fpt_core.aggregate import aggregate
