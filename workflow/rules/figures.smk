@@ -62,6 +62,10 @@ rule attention_maps:
     output:
         f"{RESULTS}/attention/{{task}}.parquet",
     params:
+        # Written beside the summary by the cell's train job, which declares only the summary:
+        # model.pt is not committed, and a declared output missing on a fresh clone would
+        # retrain the cell.
+        model=lambda wildcards: f"{cell_dir(attention_cell(wildcards.task))}/model.pt",
         examples=ATTENTION.get("examples", 1),
     log:
         f"logs/{STUDY}/attention/{{task}}.log",

@@ -3,7 +3,7 @@
 # it backbones/<name>; cells load backbones/<name>-<pretraining cell id>, and wait for it.
 
 
-rule pretrain:
+use rule train as pretrain with:
     input:
         unpack(pretrain_inputs),
     output:
@@ -19,19 +19,10 @@ rule pretrain:
         "results/pretrain/{pretrain}/benchmark.tsv"
     wildcard_constraints:
         pretrain=regex_of(pretrain_ids()),
-    threads: TRAIN.get("threads", 1)
-    resources:
-        mem_mb=TRAIN.get("mem_mb", 4000),
-        runtime=TRAIN.get("runtime", 60),
-        gpu=1 if TRAIN.get("device") == "cuda" else 0,
+    group:
+        None
     # first: cells wait for them, and the pretraining is the longest chain of jobs
     priority: 10
-    conda:
-        "../../environment.yml"
-    # RUN_ARGS (device, data_dir, ...) is part of the command, not of params: changing it
-    # changes no numbers and must not make Snakemake retrain (params are a rerun trigger).
-    shell:
-        f"fpt train {{params.cell}} {RUN_ARGS} out={{params.out}} > {{log}} 2>&1"
 
 
 rule export_backbone:
