@@ -14,6 +14,7 @@ import torch
 
 from fpt_core.atomic import atomic_dir
 from fpt_core.backbones.base import cache_root
+from fpt_core.backbones.hf import quiet_transformers
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m"
@@ -49,8 +50,6 @@ def convert_gguf(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
     """Dequantise a GGUF checkpoint and write it as a plain fp32 transformers directory."""
     from safetensors.torch import save_file
     from transformers import AutoModel
-
-    from fpt_core.backbones.hf import quiet_transformers
 
     with quiet_transformers():
         model = AutoModel.from_pretrained(str(gguf_dir), gguf_file=gguf_file, dtype=torch.float32)

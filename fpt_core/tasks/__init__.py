@@ -9,7 +9,8 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from fpt_core.tasks.base import DataError, Task, TaskSpec
+from fpt_core.errors import ConfigError, DataError
+from fpt_core.tasks.base import Task, TaskSpec
 from fpt_core.tasks.bits import BitMemory, BitXOR
 from fpt_core.tasks.homology import RemoteHomology
 from fpt_core.tasks.images import CIFAR10, CIFAR10LRA, MNIST, Digits
@@ -25,8 +26,6 @@ __all__ = ["TASKS", "DataError", "Task", "TaskSpec", "make_task", "make_spec", "
 
 def _task_class(name: str) -> type[Task]:
     if name not in TASKS:
-        from fpt_core.errors import ConfigError
-
         raise ConfigError(f"task: unknown value {name!r}; allowed: {', '.join(sorted(TASKS))}")
     return TASKS[name]
 
@@ -53,8 +52,6 @@ def prepare_data(task: str, data_dir: str | Path, **options) -> None:
         allowed = [name for name, p in params.items() if p.kind is p.KEYWORD_ONLY]
         for key in options:
             if key not in allowed:
-                from fpt_core.errors import ConfigError
-
                 raise ConfigError(f"{key}: unknown option for {task} data; allowed: {', '.join(allowed)}")
     cls.prepare(data_dir, **options)
 

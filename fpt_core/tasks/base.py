@@ -114,8 +114,6 @@ class Task:
     def prepare(cls, data_dir: str | Path, **options) -> None:
         """Make the data files available; tasks that need none do nothing."""
         if options:
-            from fpt_core.errors import ConfigError
-
             raise ConfigError(f"{next(iter(options))}: {cls.name} takes no data options")
 
     def load(self) -> "Task":

@@ -9,7 +9,6 @@ sequence with its bracket ids removed is the paper's sequence.
 from __future__ import annotations
 
 import csv
-import os
 import random
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor
 
 from fpt_core.atomic import atomic_path
+from fpt_core.errors import ConfigError
 from fpt_core.tasks.base import DataError, Task, TaskSpec, missing
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")  # LRA's ops; FIRST and LAST are commented out there
@@ -156,8 +156,6 @@ def generate(n: int, *, max_depth: int = 10, max_args: int = 10, min_length: int
 
     min_length defaults to max_length // 4, LRA's 500 for its 2000.
     """
-    from fpt_core.errors import ConfigError
-
     min_length = max_length // 4 if min_length is None else min_length
     if max_depth < 2 or max_args < 2:
         raise ConfigError(f"max_depth, max_args: must both be >= 2, got {max_depth}, {max_args}")

@@ -2,7 +2,7 @@
 import sys
 
 from fpt_core import results
-from fpt_core.aggregate import attention_table
+from fpt_core.attention import attention_table
 
 # Uncaught errors go to the log too: sys.excepthook writes to sys.stderr.
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
