@@ -15,6 +15,7 @@ from typing import Any
 from fpt_core.backbones import BACKBONES, backbone_names, is_known_backbone, n_blocks_of
 from fpt_core.backbones.base import FPT_GROUPS, GROUPS, check_depth
 from fpt_core.backbones.registry import INITS, check_init
+from fpt_core.configfile import load_strict
 from fpt_core.errors import ConfigError
 from fpt_core.metrics import LOGGERS, check_loggers
 from fpt_core.tasks import TASKS
@@ -189,8 +190,6 @@ def make_cell(values: dict[str, Any]) -> Cell:
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
     """`key=value` pairs, and cell files (YAML or JSON) whose keys later pairs override."""
-    import yaml
-
     values: dict[str, Any] = {}
     for arg in args:
         if "=" in arg:
@@ -200,7 +199,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         path = Path(arg)
         if not path.is_file():
             raise ConfigError(f"{arg}: neither key=value nor a cell file (YAML or JSON)")
-        loaded = yaml.safe_load(path.read_text())
+        loaded = load_strict(path)
         if not isinstance(loaded, dict):
             raise ConfigError(f"{arg}: a cell file must hold a mapping of key: value")
         values.update(loaded)

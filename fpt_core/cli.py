@@ -1,48 +1,62 @@
-"""The `fpt` command: train a cell, count its parameters, list tasks and backbones, prepare data.
+"""The `fpt` command: train a cell, count its parameters, list tasks and backbones, prepare data,
+plan a grid's compute, watch a running grid, benchmark.
 
-Every cell field is a `key=value` argument (or comes from a YAML/JSON cell file). Bad input ends
-with one line that names the key and the allowed values, and exit status 2.
+argparse gives every command its --help; a cell's fields stay `key=value` arguments (or come
+from a YAML/JSON cell file), as in Hydra. Bad input ends with one line that names the key and
+the allowed values, and exit status 2. Listing commands import neither torch nor transformers.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import warnings
 
-from fpt_core.cell import ConfigError, make_cell, parse_overrides
+from fpt_core import catalog
+from fpt_core.errors import ConfigError, DataError, ResultError
 
-USAGE = """fpt COMMAND [key=value ...] [cell.yaml]
+CELL_EXAMPLE = "fpt train task=bit-xor backbone=minilm-l6 init=pretrained steps=300 seed=0 out=runs/xor"
 
-commands:
-  train    train one cell: fpt train task=bit-xor backbone=minilm-l6 steps=300 out=DIR
-  params   parameter count per group as JSON: fpt params task=cifar10 backbone=gpt2 init=random
-  tasks    list the tasks and their shapes
-  backbones  list the registered backbones
-  data     prepare a task's data under dir: fpt data listops dir=data n_train=2000 ...
-  bench    speed benchmark (fpt bench --help)
-"""
+
+def cell_help() -> str:
+    """Every cell field with its default and allowed values, for --help."""
+    from dataclasses import fields
+
+    from fpt_core.cell import CHOICES, GROUPS, NON_IDENTITY, Cell
+    from fpt_core.metrics import LOGGERS
+
+    allowed = {**CHOICES, "trainable": GROUPS + ("(comma- or plus-joined)",), "metrics": LOGGERS}
+    lines = ["cell fields (key=value; a YAML or JSON cell file may give them, later pairs win):"]
+    for f in fields(Cell):
+        default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+        choices = f"  [{' | '.join(map(str, allowed[f.name]))}]" if f.name in allowed else ""
+        where = "  (run setting, not in the cell id)" if f.name in NON_IDENTITY else ""
+        lines.append(f"  {f.name:<17}{f.type:<18} default {default}{choices}{where}")
+    return "\n".join(lines)
 
 
 def _cell(args: list[str], extra: tuple[str, ...] = ()):
     """Split off the non-cell keys in `extra`, build and validate the cell from the rest."""
+    from fpt_core.cell import make_cell, parse_overrides
+
     values = parse_overrides(args)
     rest = {k: values.pop(k) for k in extra if k in values}
     return make_cell(values), rest
 
 
-def cmd_train(args: list[str]) -> int:
+def cmd_train(ns: argparse.Namespace) -> int:
     import pandas as pd
 
     from fpt_core.train import Preempted, train_cell
 
-    cell, rest = _cell(args, ("out",))
+    cell, rest = _cell(ns.cell, ("out",))
     out = rest.get("out") or f"runs/{cell.id}"
     try:
         summary = train_cell(cell, out)
     except Preempted as e:
-        print(f"preempted: {e}; run the same command again to resume", file=sys.stderr)
-        return 143
+        print(f"stopped: {e}; run the same command again to resume", file=sys.stderr)
+        return 128 + e.signum
     row = summary.iloc[0]
     reached = row["steps_to_threshold"]
     print(json.dumps({
@@ -53,46 +67,43 @@ def cmd_train(args: list[str]) -> int:
     return 0
 
 
-def cmd_params(args: list[str]) -> int:
+def cmd_params(ns: argparse.Namespace) -> int:
     from fpt_core.model import build_model, param_counts
     from fpt_core.tasks import make_spec
 
-    cell, _ = _cell(args)
+    cell, _ = _cell(ns.cell)
     model = build_model(cell, make_spec(cell), device="meta")
     print(json.dumps(param_counts(model)))
     return 0
 
 
-def cmd_tasks(args: list[str]) -> int:
-    from fpt_core.tasks import TASKS
-
-    for name in sorted(TASKS):
-        print(name)
+def cmd_tasks(ns: argparse.Namespace) -> int:
+    print("\n".join(catalog.task_lines()))
     return 0
 
 
-def cmd_backbones(args: list[str]) -> int:
-    from fpt_core.backbones import backbone_names
-
-    for name in backbone_names():
-        print(name)
+def cmd_backbones(ns: argparse.Namespace) -> int:
+    print("\n".join(catalog.backbone_lines()))
+    print("also: a Hugging Face id (org/name), a local model directory, or backbones/<name> of "
+          "a pipeline pretraining")
     return 0
 
 
-def cmd_data(args: list[str]) -> int:
-    from fpt_core.tasks import TASKS, prepare_data
+def cmd_data(ns: argparse.Namespace) -> int:
+    from fpt_core.cell import parse_overrides
+    from fpt_core.tasks import prepare_data
 
-    if not args or "=" in args[0]:
-        raise ConfigError(f"task: name the task to prepare; allowed: {', '.join(sorted(TASKS))}")
-    task, options = args[0], parse_overrides(args[1:])
+    if ns.task not in catalog.TASKS:
+        raise ConfigError(f"task: unknown value {ns.task!r}; allowed: {', '.join(catalog.TASKS)}")
+    options = parse_overrides(ns.options)
     data_dir = options.pop("dir", "data")
-    if task not in TASKS:
-        raise ConfigError(f"task: unknown value {task!r}; allowed: {', '.join(sorted(TASKS))}")
-    prepare_data(task, data_dir, **{k: _number(v) for k, v in options.items()})
+    print(f"preparing {ns.task} data in {data_dir} ...", file=sys.stderr, flush=True)
+    prepare_data(ns.task, data_dir, **{k: _number(v) for k, v in options.items()})
+    print(f"{ns.task}: data ready in {data_dir}", file=sys.stderr)
     return 0
 
 
-def _number(value: str):
+def _number(value):
     for kind in (int, float):
         try:
             return kind(value)
@@ -101,37 +112,88 @@ def _number(value: str):
     return value
 
 
-def cmd_bench(args: list[str]) -> int:
-    from fpt_bench.bench import main as bench_main
-
-    return bench_main(args)
-
-
-COMMANDS = {
-    "train": cmd_train, "params": cmd_params, "tasks": cmd_tasks,
-    "backbones": cmd_backbones, "data": cmd_data, "bench": cmd_bench,
+# Commands whose own argparse lives in their module; `fpt NAME ...` hands them the rest.
+DELEGATED = {
+    "plan": ("fpt_core.plan", "estimated GPU-hours of a config's grid, per ablation"),
+    "status": ("fpt_core.status", "what a running grid is doing: done, running, failed, pending"),
+    "bench": ("fpt_bench.bench", "the speed benchmark"),
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    from fpt_core.results import ResultError
-    from fpt_core.tasks import DataError
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other error of fpt."""
 
+    def error(self, message: str):
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    top = _Parser(
+        prog="fpt", description="Frozen Pretrained Transformers: train cells, inspect, plan, watch.",
+        epilog=f"example: {CELL_EXAMPLE}\n`fpt COMMAND --help` for each command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    commands = {}
+
+    def add(name, func, help, **kwargs):
+        p = sub.add_parser(name, help=help, description=help,
+                           formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        p.set_defaults(func=func)
+        commands[name] = p
+        return p
+
+    train = add("train", cmd_train, "train one cell into out=DIR (resumes from its checkpoint)",
+                epilog=f"example: {CELL_EXAMPLE}\n         fpt train cell.yaml lr=3e-4 out=runs/xor-lr\n\n"
+                       "Ctrl-C, SIGTERM and SIGUSR1 write a checkpoint and stop; the same command "
+                       "resumes.\nWhile it runs, DIR holds metrics.csv (the curve so far) and "
+                       "progress.json.")
+    train.add_argument("cell", nargs="*", metavar="key=value|cell.yaml")
+    params = add("params", cmd_params, "parameter count per group of a cell, as JSON",
+                 epilog="example: fpt params task=cifar10 backbone=gpt2 init=random")
+    params.add_argument("cell", nargs="*", metavar="key=value|cell.yaml")
+    add("tasks", cmd_tasks, "list the tasks and their shapes")
+    add("backbones", cmd_backbones, "list the registered backbones")
+    data = add("data", cmd_data, "prepare a task's data under dir=DIR",
+               epilog="examples: fpt data listops dir=data n_train=4000 max_length=64\n"
+                      "          fpt data mnist dir=data   (downloads; needs internet)")
+    data.add_argument("task", metavar="TASK", help=f"one of {', '.join(catalog.TASKS)}")
+    data.add_argument("options", nargs="*", metavar="key=value")
+    for name, (_, help) in DELEGATED.items():
+        add(name, None, f"{help} (fpt {name} --help)", add_help=False)
+    return top, commands
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+    top, commands = parser()
+    if not argv:
+        top.print_help()
         return 0
-    command, args = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"error: command: unknown value {command!r}; allowed: {', '.join(COMMANDS)}",
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        print(f"error: command: unknown value {argv[0]!r}; allowed: {', '.join(commands)}",
               file=sys.stderr)
         return 2
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
+    if argv[:1] in (["train"], ["params"]) and any(a in ("-h", "--help") for a in argv[1:]):
+        # the cell's fields and their allowed values come from the registries (a slower import)
+        command = commands[argv[0]]
+        command.epilog = command.epilog + "\n\n" + cell_help()
+        command.print_help()
+        return 0
+    ns = top.parse_args(argv)
     warnings.simplefilter("default")
     try:
-        return COMMANDS[command](args)
+        return ns.func(ns)
     except (ConfigError, DataError, ResultError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside training (loading, preparing data)
+        print("interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -55,3 +56,93 @@ def test_missing_data_says_which_files_to_put_where(tmp_path):
                  f"out={tmp_path / 'out'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert str(tmp_path) in result.stderr and "mnist" in result.stderr.lower()
+
+
+@pytest.mark.parametrize("command", ["train", "params", "tasks", "backbones", "data", "plan", "status", "bench"])
+def test_every_command_has_help(command):
+    result = fpt(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: fpt {command}") or f"fpt {command}" in result.stdout
+
+
+def test_train_help_lists_every_field_with_its_allowed_values():
+    out = fpt("train", "--help").stdout
+    assert "example: fpt train task=" in out
+    assert "init             str" in out and "[pretrained | random | statistics]" in out
+    assert "Ctrl-C" in out and "metrics.csv" in out
+
+
+def test_the_catalog_that_listings_print_is_the_registries():
+    from fpt_core import catalog
+    from fpt_core.backbones import BACKBONES
+    from fpt_core.cell import make_cell
+    from fpt_core.tasks import TASKS, make_spec
+
+    assert list(catalog.TASKS) == list(TASKS)
+    for name, (kind, tokens, dim, preds, classes, _) in catalog.TASKS.items():
+        spec = make_spec(make_cell({"task": name, "backbone": "gpt2-tiny", "init": "random"}))
+        assert (spec.input_kind, spec.n_tokens, spec.input_dim, spec.n_predictions, spec.n_classes) == (
+            kind, tokens, dim, preds, classes), name
+    assert {n: s.summary for n, s in BACKBONES.items()} == catalog.BACKBONES
+
+
+def test_listing_commands_do_not_import_torch():
+    code = ("import sys; from fpt_core.cli import main; main(['tasks']); main(['backbones']); "
+            "print('torch' in sys.modules, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stderr.strip() == "False"
+
+
+def test_a_malformed_cell_file_is_one_line_with_its_line_number(tmp_path):
+    cell = tmp_path / "cell.yaml"
+    cell.write_text("task: bit-xor\n  steps: 3\n")
+    result = fpt("train", str(cell))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "cell.yaml, line 2: not valid YAML" in result.stderr
+
+
+def test_ctrl_c_writes_a_checkpoint_says_one_line_and_the_rerun_resumes(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "fpt_core.cli", "train", "task=bit-xor", "backbone=gpt2-tiny",
+            "init=random", "steps=100000", "eval_every=50", "progress=false", f"out={out}"]
+
+    def run_until(marker: Path | str, log: Path) -> tuple[int, str]:
+        """Start the command, press Ctrl-C once `marker` (a file, or a line in its stderr) shows."""
+        with open(log, "w") as err:
+            process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, text=True)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not (
+                    marker.exists() if isinstance(marker, Path) else marker in log.read_text()):
+                time.sleep(0.2)
+            time.sleep(1.0)  # a few steps more
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=60)
+        return process.returncode, log.read_text()
+
+    code, stderr = run_until(out / "metrics.csv", tmp_path / "first.log")
+    assert code == 128 + signal.SIGINT
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("stopped: SIGINT: checkpoint written at step")
+    assert json.loads((out / "progress.json").read_text())["state"] == "interrupted"
+    stopped_at = int(stderr.split("at step ")[-1].split()[0])
+    assert stopped_at >= 50
+
+    code, stderr = run_until("resumed from step", tmp_path / "second.log")
+    assert f"resumed from step {stopped_at} " in stderr and code == 128 + signal.SIGINT
+
+
+def test_results_get_the_mode_the_umask_gives(tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "run"
+    code = (f"import os; os.umask(0o022); from fpt_core.cli import main; main(['train', "
+            f"'task=bit-xor', 'backbone=gpt2-tiny', 'init=random', 'steps=4', 'eval_every=2', "
+            f"'progress=false', 'out={out}'])")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    for name in ("summary.parquet", "curve.parquet", "model.pt", "metrics.csv", "progress.json"):
+        assert stat.S_IMODE(os.stat(out / name).st_mode) == 0o644, name

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from fpt_core.backbones.base import Backbone, write_marker
-from fpt_core.errors import ConfigError
+from fpt_core.errors import ConfigError, DataError
 
 # (name pattern, group); group None: a parameter the FPT never uses.
 HF_RULES: tuple[tuple[str, str | None], ...] = (
@@ -248,7 +248,7 @@ def hub_error(backbone: str, source: str, err: Exception) -> Exception:
             f"backbone: {source} is not a loadable model directory (no config.json or weights: "
             f"{type(err).__name__})"
         )
-    return RuntimeError(
+    return DataError(
         f"backbone {backbone}: cannot load {source}: not in the local Hugging Face cache and the "
         f"hub is unreachable (or HF_HUB_OFFLINE=1, or no such model); on a machine with internet run "
         f"`hf download {source} --local-dir DIR`, copy DIR here and pass backbone=DIR"

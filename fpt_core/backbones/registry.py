@@ -35,6 +35,7 @@ from fpt_core.backbones.hf import (
 )
 from fpt_core.backbones.lstm import LSTMBackbone
 from fpt_core.backbones.offline import minilm_dir, smollm2_dir
+from fpt_core.catalog import BACKBONES as SUMMARIES
 from fpt_core.errors import ConfigError
 
 INITS = ("pretrained", "random", "statistics")
@@ -112,27 +113,25 @@ def _hub(repo: str) -> Callable[[], str]:
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
-        BackboneSpec("gpt2", "hf", "GPT-2 small: 12 blocks, hidden 768, 124M (hub)",
+        BackboneSpec("gpt2", "hf", SUMMARIES["gpt2"],
                      _gpt2(12, 768, 12), _hub("openai-community/gpt2")),
-        BackboneSpec("gpt2-medium", "hf", "GPT-2 medium: 24 blocks, hidden 1024, 355M (hub)",
+        BackboneSpec("gpt2-medium", "hf", SUMMARIES["gpt2-medium"],
                      _gpt2(24, 1024, 16), _hub("openai-community/gpt2-medium")),
-        BackboneSpec("gpt2-large", "hf", "GPT-2 large: 36 blocks, hidden 1280, 774M (hub)",
+        BackboneSpec("gpt2-large", "hf", SUMMARIES["gpt2-large"],
                      _gpt2(36, 1280, 20), _hub("openai-community/gpt2-large")),
-        BackboneSpec("gpt2-xl", "hf", "GPT-2 XL: 48 blocks, hidden 1600, 1.5B (hub)",
+        BackboneSpec("gpt2-xl", "hf", SUMMARIES["gpt2-xl"],
                      _gpt2(48, 1600, 25), _hub("openai-community/gpt2-xl")),
-        BackboneSpec("gpt2-tiny", "hf", "GPT-2 architecture, 2 blocks, hidden 64; random only",
+        BackboneSpec("gpt2-tiny", "hf", SUMMARIES["gpt2-tiny"],
                      _gpt2(2, 64, 2, n_positions=128, vocab=256)),
-        BackboneSpec("smollm2-135m", "hf",
-                     "SmolLM2-135M-Instruct: LLaMA-style, 30 blocks, hidden 576, rotary (offline)",
+        BackboneSpec("smollm2-135m", "hf", SUMMARIES["smollm2-135m"],
                      _smollm2_135m, smollm2_dir),
-        BackboneSpec("minilm-l6", "hf",
-                     "all-MiniLM-L6-v2: BERT encoder, 6 blocks, hidden 384 (offline)",
+        BackboneSpec("minilm-l6", "hf", SUMMARIES["minilm-l6"],
                      _minilm_config, minilm_dir),
-        BackboneSpec("bert-base", "hf", "BERT base uncased: 12 blocks, hidden 768 (hub)",
+        BackboneSpec("bert-base", "hf", SUMMARIES["bert-base"],
                      _bert_base, _hub("google-bert/bert-base-uncased")),
-        BackboneSpec("vit-base", "vit", "ViT-B/16 ImageNet-21k: 12 blocks, hidden 768 (hub)",
+        BackboneSpec("vit-base", "vit", SUMMARIES["vit-base"],
                      _vit_base, _hub("google/vit-base-patch16-224-in21k")),
-        BackboneSpec("lstm", "lstm", "the paper's 3-layer layer-norm LSTM, hidden 768; random only",
+        BackboneSpec("lstm", "lstm", SUMMARIES["lstm"],
                      lambda: {"hidden": 768, "n_layer": 3}),
     )
 }
