@@ -171,8 +171,12 @@ def _excluded(rules: list[dict] | None, label: str, values: dict) -> bool:
 
 def _label(name: str, spec: dict, row: str | None, axes: dict, combo: dict, values: dict) -> str:
     template = spec.get("label")
+    if template is None and row is None:
+        return default_label(axes, combo, name)
     if template is None:
-        return row if row is not None else default_label(axes, combo, name)
+        # a row swept over an axis is one row per value, never an average over the values
+        swept = [str(combo[k]) for k in axes if k not in ("task", "seed") and len(axes[k]) > 1]
+        return "-".join([row, *swept])
     try:
         return template.format(row=row, **{k: v for k, v in values.items() if k != "row"})
     except (KeyError, IndexError) as e:
@@ -218,7 +222,24 @@ def build(config: dict) -> Grid:
             experiment=spec.get("experiment", point.ablation), label=point.label,
             label_order=order, task=cell.task, seed=cell.seed,
         ))
+    check_rows_differ_only_in_seed(grid)
     return grid
+
+
+def check_rows_differ_only_in_seed(grid: Grid) -> None:
+    """A row of a figure averages its cells as seeds: refuse a row whose cells differ otherwise."""
+    first: dict[tuple[str, str, str], dict] = {}
+    for m in grid.members:
+        values = {k: v for k, v in grid.cells[m.cell_id].identity().items() if k != "seed"}
+        seen = first.setdefault((m.ablation, m.label, m.task), values)
+        differ = [k for k in values if values[k] != seen[k]]
+        if differ:
+            key = differ[0]
+            raise ConfigError(
+                f"ablations.{m.ablation}: row {m.label!r} on {m.task} would average cells that differ "
+                f"in {key} ({seen[key]!r} vs {values[key]!r}), not only in seed; name the rows by it, "
+                f"e.g. label: '{{row}}-{{{key}}}'"
+            )
 
 
 def _backbone(point: Point, grid: Grid) -> Any:

@@ -170,3 +170,18 @@ def test_shipped_configs_are_valid(name):
     assert {m.ablation for m in grid.members} == set(cfg["ablations"])
     assert all(c.trainable for c in grid.cells.values())
     assert Cell.__dataclass_fields__["trainable"].default == FPT_GROUPS
+
+
+def test_a_row_swept_over_an_axis_is_one_row_per_value():
+    cfg = {"defaults": {"backbone": "gpt2-tiny", "init": "random"}, "axes": {"task": ["bit-xor"], "seed": [0, 1]},
+           "ablations": {"depth": {"rows": {"fpt": {}}, "axes": {"depth": [1, 2]}}}}
+    grid = build(cfg)
+    assert sorted({m.label for m in grid.members}) == ["fpt-1", "fpt-2"]
+    assert len(grid.cells) == 4
+
+
+def test_a_row_whose_cells_differ_in_more_than_the_seed_is_refused():
+    cfg = {"defaults": {"backbone": "gpt2-tiny", "init": "random"}, "axes": {"task": ["bit-xor"], "seed": [0]},
+           "ablations": {"depth": {"rows": {"fpt": {}}, "axes": {"depth": [1, 2]}, "label": "{row}"}}}
+    with pytest.raises(ConfigError, match=r"row 'fpt' on bit-xor would average cells that differ in depth"):
+        build(cfg)
