@@ -13,6 +13,7 @@ A table with cells missing (a partial aggregate) says so in the figure's title a
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+
+from fpt_core import catalog  # noqa: E402
 
 PAPER_COLOR = "black"
 
@@ -35,11 +38,33 @@ def load_reported(path: str | Path | None) -> pd.DataFrame | None:
 
 
 def paper_value(reported: pd.DataFrame | None, experiment: str, row: str, task: str) -> float:
+    return paper_entry(reported, experiment, row, task)[0]
+
+
+def paper_entry(reported: pd.DataFrame | None, experiment: str, row: str, task: str
+                ) -> tuple[float, str]:
+    """The paper's number for (experiment, row, task) and its note ('' for none)."""
     if reported is None:
-        return math.nan
+        return math.nan, ""
     hit = reported[(reported["experiment"] == experiment) & (reported["row"] == row)
                    & (reported["task"] == task)]
-    return float(hit["value"].iloc[0]) if len(hit) else math.nan
+    if not len(hit):
+        return math.nan, ""
+    note = hit["note"].iloc[0]
+    return float(hit["value"].iloc[0]), "" if pd.isna(note) else str(note)
+
+
+def comparable(note: str) -> bool:
+    """A paper number from the same setting as the row: no note, or a diverged run's last value.
+    Others (another model size, a number quoted from LRA or TAPE, a 3-layer model) are shown
+    apart, as context."""
+    return note == "" or note.startswith("diverged") or note == "unverified"
+
+
+def chance(task: str) -> float | None:
+    """Accuracy of uniform guessing on a task, in percent."""
+    entry = catalog.TASKS.get(task)
+    return 100 / entry[4] if entry else None
 
 
 def ablation_rows(table: pd.DataFrame, ablation: str) -> pd.DataFrame:
@@ -77,13 +102,18 @@ def summarize(rows: pd.DataFrame, metric: str, reported: pd.DataFrame | None,
         out.append({
             "label": label, "task": task, "label_order": group["label_order"].iloc[0],
             "mean": values.mean() if len(values) else math.nan,
-            "std": values.std(ddof=0) if len(values) > 1 else (0.0 if len(values) else math.nan),
+            "std": values.std(ddof=1) if len(values) > 1 else math.nan,
             "n": len(values), "expected": len(group),
             "finished": int((group["status"] != "missing").sum()),
             "diverged": int((group["status"] == "diverged").sum()),
-            "paper": paper_value(reported, group["experiment"].iloc[0], f"{label}{suffix}", task),
+            **_paper(reported, group["experiment"].iloc[0], f"{label}{suffix}", task),
         })
     return pd.DataFrame(out)
+
+
+def _paper(reported, experiment: str, row: str, task: str) -> dict:
+    value, note = paper_entry(reported, experiment, row, task)
+    return {"paper": value, "paper_note": note}
 
 
 def _cell_text(r: pd.Series, digits: int = 1) -> str:
@@ -92,7 +122,9 @@ def _cell_text(r: pd.Series, digits: int = 1) -> str:
         return "missing"
     if r["n"] == 0:
         return "not reached" if r.get("kind") == "steps" else "no value"
-    text = f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}"
+    text = f"{r['mean']:.{digits}f}"
+    if r["n"] > 1:  # one seed has no spread to show
+        text += f" ± {r['std']:.{digits}f}"
     notes = []
     if r["n"] < r["expected"]:
         what = "reached" if r.get("kind") == "steps" else "seeds"
@@ -102,8 +134,10 @@ def _cell_text(r: pd.Series, digits: int = 1) -> str:
     return text + (f" ({', '.join(notes)})" if notes else f" (n={r['n']})")
 
 
-def _paper_text(value: float, digits: int = 1) -> str:
-    return "–" if math.isnan(value) else f"{value:.{digits}f}"
+def _paper_text(value: float, note: str, digits: int = 1) -> str:
+    if math.isnan(value):
+        return "–"
+    return f"{value:.{digits}f}" if comparable(note) else f"({value:.{digits}f}: {note})"
 
 
 def markdown_table(summary: pd.DataFrame, labels: list[str], tasks: list[str],
@@ -118,6 +152,9 @@ def markdown_table(summary: pd.DataFrame, labels: list[str], tasks: list[str],
     if summary["paper"].isna().all():
         what += (" The paper's numbers are not available here (no reported.csv, or none for "
                  "this experiment).")
+    what += (" Spread is the sample standard deviation over seeds (ddof 1); a single seed shows "
+             "none. A paper number in parentheses comes from another setting (its note says "
+             "which) and is context, not a comparison.")
     lines += [what, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label in labels:
         cells = [label]
@@ -127,41 +164,60 @@ def markdown_table(summary: pd.DataFrame, labels: list[str], tasks: list[str],
                 cells += ["", ""]
                 continue
             r = hit.iloc[0]
-            cells += [_cell_text(r, digits), _paper_text(r["paper"], digits)]
+            cells += [_cell_text(r, digits), _paper_text(r["paper"], r.get("paper_note", ""), digits)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _paper_points(ax, x: np.ndarray, values: np.ndarray, label: str | None) -> None:
-    """The paper's numbers as black diamonds over the bars, where it reports one."""
-    known = np.isfinite(values.astype(float))
-    if known.any():
-        ax.scatter(x[known], values[known], marker="D", s=28, color=PAPER_COLOR, zorder=5,
-                   label=label)
+def _paper_points(ax, x: np.ndarray, values: np.ndarray, label: str | None,
+                  notes: np.ndarray | None = None) -> None:
+    """The paper's numbers as black diamonds over the bars, hollow where the paper's setting
+    differs from the row's (another model size, a number quoted from another paper)."""
+    values = values.astype(float)
+    same = np.array([comparable(n if isinstance(n, str) else "") for n in
+                     (notes if notes is not None else [""] * len(values))], dtype=bool)
+    known = np.isfinite(values)
+    if (known & same).any():
+        ax.scatter(x[known & same], values[known & same], marker="D", s=28, color=PAPER_COLOR,
+                   zorder=5, label=label)
+    if (known & ~same).any():
+        ax.scatter(x[known & ~same], values[known & ~same], marker="D", s=28, facecolors="none",
+                   edgecolors=PAPER_COLOR, zorder=5,
+                   label="paper, other setting" if label else None)
+
+
+def _chance_line(ax, task: str) -> None:
+    level = chance(task)
+    if level is not None:
+        ax.axhline(level, color="grey", linestyle=":", linewidth=1, label="chance", zorder=1)
 
 
 def _figure_legend(fig, axes) -> None:
-    """One legend for the paper's diamonds, in the top right corner, clear of the bars."""
+    """One legend for the paper's diamonds and the chance line, top right, clear of the bars."""
+    seen = {}
     for ax in axes:
-        handles, labels = ax.get_legend_handles_labels()
-        if handles:
-            fig.legend(handles[:1], labels[:1], loc="upper right", fontsize="small")
-            return
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=len(seen),
+                   fontsize="small")
 
 
 def _facets(n: int, width: float = 3.6, height: float = 3.2):
     cols = min(n, 4)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + 0.9), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
 
 
 def _title(fig, title: str, note: str, has_paper: bool, reported) -> None:
-    text = title + (f"  [{note}]" if note else "")
+    # wrapped to the figure's width: a narrow figure would otherwise cut its title off
+    text = textwrap.fill(title + (f"  [{note}]" if note else ""), width=int(fig.get_figwidth() * 9))
     if reported is None:
-        text += "\n(paper numbers unavailable: reported.csv not found)"
+        text += "\n(paper numbers unavailable:\nreported.csv not found)"
     elif not has_paper:
         text += "\n(the paper reports no numbers for this experiment)"
     fig.suptitle(text, color="firebrick" if note else "black")
@@ -195,7 +251,9 @@ def draw_bars(a: Ablation) -> None:
                     palette=palette, errorbar="sd", capsize=0.2, legend=False, ax=ax)
         ax.set_xlim(-0.5, len(here) - 0.5)  # keep the place of a row whose cells are missing
         sub = summary[summary["task"] == task].set_index("label").reindex(here)
-        _paper_points(ax, np.arange(len(here)), sub["paper"].to_numpy(), "paper")
+        _paper_points(ax, np.arange(len(here)), sub["paper"].to_numpy(), "paper",
+                      sub["paper_note"].to_numpy())
+        _chance_line(ax, task)
         ax.set_title(task)
         ax.set_xlabel("")
         ax.set_ylabel("test accuracy (%)" if metric.endswith("test_acc") else metric)
@@ -231,7 +289,8 @@ def draw_train_test(a: Ablation) -> None:
         for offset, part in ((-0.2, train), (0.2, test)):
             sub = part[part["task"] == task].set_index("label").reindex(here)
             _paper_points(ax, np.arange(len(here)) + offset, sub["paper"].to_numpy(),
-                          "paper" if offset < 0 else None)
+                          "paper" if offset < 0 else None, sub["paper_note"].to_numpy())
+        _chance_line(ax, task)
         ax.set_title(task)
         ax.set_xlabel("")
         ax.set_ylabel("accuracy (%)")
@@ -274,10 +333,10 @@ def steps_summary(rows: pd.DataFrame, reported, curves: pd.DataFrame | None = No
         out.append({
             "label": label, "task": task, "label_order": group["label_order"].iloc[0],
             "mean": reached.mean() if len(reached) else math.nan,
-            "std": reached.std(ddof=0) if len(reached) > 1 else (0.0 if len(reached) else math.nan),
+            "std": reached.std(ddof=1) if len(reached) > 1 else math.nan,
             "n": len(reached), "expected": len(group), "kind": "steps",
             "finished": int((group["status"] != "missing").sum()), "diverged": 0,
-            "paper": paper_value(reported, group["experiment"].iloc[0], label, task),
+            **_paper(reported, group["experiment"].iloc[0], label, task),
             "threshold": group["threshold_used"].dropna().iloc[0]
             if group["threshold_used"].notna().any() else math.nan,
         })
@@ -328,7 +387,8 @@ FIGURES = {"bars": draw_bars, "curves": draw_curves, "train-test": draw_train_te
 
 
 def _save(fig, png: Path) -> None:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)

@@ -60,7 +60,7 @@ def test_bars_show_mean_and_std_over_seeds_beside_the_paper(paths):
     ])
     md = draw(tmp_path, table, "headline", reported=reported)
     lines = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")}
-    assert lines["fpt"] == "| fpt | 60.0 ± 10.0 (n=2) | 100.0 | 80.0 ± 0.0 (n=2) | – |"
+    assert lines["fpt"] == "| fpt | 60.0 ± 14.1 (n=2) | 100.0 | 80.0 ± 0.0 (n=2) | – |"
     assert "| 90.0 ± 0.0 (n=2) | 99.5 |" in lines["full-transformer"]
     assert "partial" not in md
 
@@ -73,16 +73,16 @@ def test_partial_table_says_how_many_cells_are_missing(paths):
     ])
     md = draw(tmp_path, table, "headline", reported=reported)
     assert "**partial: 3 of 4 cells missing**" in md
-    assert "50.0 ± 0.0 (1 of 2 seeds)" in md and "| full-transformer | missing | 99.5 |" in md
+    assert "50.0 (1 of 2 seeds)" in md and "| full-transformer | missing | 99.5 |" in md
 
 
 def test_generic_figure_for_an_experiment_the_paper_lacks(paths):
     tmp_path, reported = paths
     table = member_rows("my-new-ablation", [("a", "bit-xor", 0, 0.6, None), ("b", "bit-xor", 0, 0.4, None)])
     md = draw(tmp_path, table, "my-new-ablation", reported=reported)
-    assert "| a | 60.0 ± 0.0 (n=1) | – |" in md and "not available" in md
+    assert "| a | 60.0 (n=1) | – |" in md and "not available" in md
     md = draw(tmp_path, table, "my-new-ablation", reported=tmp_path / "nowhere.csv")
-    assert "| b | 40.0 ± 0.0 (n=1) | – |" in md
+    assert "| b | 40.0 (n=1) | – |" in md
 
 
 def test_curves_table_counts_steps_to_threshold(paths):
@@ -97,8 +97,8 @@ def test_curves_table_counts_steps_to_threshold(paths):
         for cell, acc in zip(table["cell_id"], table["final_test_acc"]) for step in (100, 200, 400)
     ])
     md = draw(tmp_path, table, "compute-efficiency", kind="curves", reported=reported, curves=curves)
-    assert "| fpt-steps-to-converge | 200 ± 100 (n=2) | 500 |" in md
-    assert "| random-steps-to-converge | 400 ± 0 (1 of 2 reached) | – |" in md
+    assert "| fpt-steps-to-converge | 200 ± 141 (n=2) | 500 |" in md
+    assert "| random-steps-to-converge | 400 (1 of 2 reached) | – |" in md
     table_path, png = tmp_path / "aggregate.parquet", tmp_path / "lower.png"
     draw_ablation(table_path, tmp_path / "curves.parquet", "compute-efficiency", kind="curves",
                   title="t", metric="final_test_acc", reported_path=reported, png=png,
@@ -115,9 +115,9 @@ def test_train_test_figure_pairs_train_with_test(paths):
         ("full", "bit-xor", 0, 0.3, None), ("full", "bit-xor", 1, None, None),
     ], figure="train-test")
     md = draw(tmp_path, table, "overfitting", kind="train-test", reported=reported)
-    assert "| fpt (train) | 70.0 ± 10.0 (n=2) | 38.5 |" in md
-    assert "| fpt (test) | 60.0 ± 10.0 (n=2) | 38.6 |" in md
-    assert "| full (test) | 30.0 ± 0.0 (1 of 2 seeds) | – |" in md
+    assert "| fpt (train) | 70.0 ± 14.1 (n=2) | 38.5 |" in md
+    assert "| fpt (test) | 60.0 ± 14.1 (n=2) | 38.6 |" in md
+    assert "| full (test) | 30.0 (1 of 2 seeds) | – |" in md
 
 
 def test_summary_ignores_missing_and_counts_diverged():
@@ -144,3 +144,11 @@ def test_attention_figure_from_its_table(tmp_path):
     pd.DataFrame(rows).to_parquet(tmp_path / "attention.parquet")
     draw_attention(tmp_path / "attention.parquet", tmp_path / "attention.png")
     assert (tmp_path / "attention.png").stat().st_size > 5000
+
+
+def test_a_paper_number_from_another_setting_is_marked_as_context(paths):
+    tmp_path, reported = paths
+    reported.write_text(reported.read_text() + "1,headline,fpt,cifar10,72.1,gpt2-large\n")
+    table = member_rows("headline", [("fpt", "cifar10", 0, 0.6, None)])
+    md = draw(tmp_path, table, "headline", reported=reported)
+    assert "| fpt | 60.0 (n=1) | (72.1: gpt2-large) |" in md

@@ -1,0 +1,158 @@
+"""What the machine offers, detected rather than assumed: native bf16, fused attention, compile.
+
+bf16 pays only where the hardware multiplies in it: a GPU with bf16 tensor cores (compute
+capability 8.0 or later) or a CPU with AMX or AVX-512 BF16. Elsewhere (an AVX2 EPYC, a V100)
+torch emulates it and a bf16 step runs several times slower than fp32, so check_precision
+refuses it unless the config allows falling back to fp32.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+
+import torch
+
+from fpt_core.errors import ConfigError
+
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+BF16_ARM_FEATURE = "bf16"  # aarch64's BFMMLA/BFDOT (Graviton3, Neoverse V1/V2); no x86 flag is named so
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere: the first bf16 tensor cores
+FALLBACK_HINT = "train: {precision_fallback: true}"
+
+
+def read_cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _first_value(text: str, keys: tuple[str, ...]) -> str | None:
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in keys:
+            return value.strip()
+    return None
+
+
+def parse_cpu_flags(text: str) -> set[str]:
+    """The first processor's flags (x86 "flags", aarch64 "Features"); every core has the same."""
+    value = _first_value(text, ("flags", "Features"))
+    return set(value.split()) if value else set()
+
+
+def parse_cpu_model(text: str) -> str | None:
+    return _first_value(text, ("model name", "Model Name", "Processor"))
+
+
+def cpu_flags(text: str | None = None) -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (or from `text`); empty where unavailable."""
+    return parse_cpu_flags(read_cpuinfo() if text is None else text)
+
+
+def cpu_model(text: str | None = None) -> str:
+    model = parse_cpu_model(read_cpuinfo() if text is None else text)
+    return model or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
+def machine_name(device: torch.device, text: str | None = None) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model(text)
+
+
+def native_bf16(device: torch.device, capability: tuple[int, int] | None = None,
+                flags: set[str] | None = None) -> bool:
+    """Whether the hardware multiplies in bf16 itself; capability and flags default to queries."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        capability = cuda_capability(device) if capability is None else capability
+        return tuple(capability) >= BF16_MIN_CAPABILITY
+    if device.type == "cpu":
+        flags = cpu_flags() if flags is None else flags
+        return any(f in flags for f in BF16_CPU_FLAGS + (BF16_ARM_FEATURE,))
+    return False
+
+
+def _why_not_native(device: torch.device, capability, flags) -> str:
+    if device.type == "cuda":
+        capability = cuda_capability(device) if capability is None else capability
+        major, minor = capability
+        return f"compute capability {major}.{minor} < {BF16_MIN_CAPABILITY[0]}.{BF16_MIN_CAPABILITY[1]}"
+    return f"no {'/'.join(BF16_CPU_FLAGS)}"
+
+
+def check_precision(precision: str, device: torch.device, allow_fallback: bool, *,
+                    capability: tuple[int, int] | None = None, flags: set[str] | None = None,
+                    name: str | None = None) -> str:
+    """The precision to run: `precision` itself, or fp32 for bf16 on hardware without native bf16
+    when allow_fallback (the caller records that it fell back); without it, a ConfigError."""
+    device = torch.device(device)
+    if precision != "bf16" or native_bf16(device, capability, flags):
+        return precision
+    if allow_fallback:
+        return "fp32"
+    kind = "GPU" if device.type == "cuda" else "CPU"
+    name = name or machine_name(device)
+    raise ConfigError(
+        f"precision: bf16 is not native on this {kind} ({name}, "
+        f"{_why_not_native(device, capability, flags)}) and runs several times slower than fp32; "
+        f"allowed here: fp32 (or allow the fallback with {FALLBACK_HINT})"
+    )
+
+
+def c_compiler() -> str | None:
+    """The C++ compiler inductor would call on the CPU, if any."""
+    for candidate in (os.environ.get("CXX"), "g++", "clang++", "c++"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return None
+
+
+def compile_usable(device: torch.device) -> bool:
+    """torch.compile can generate code here: inductor imports, plus a C++ compiler on the CPU or
+    triton on a GPU."""
+    if importlib.util.find_spec("torch._inductor") is None:
+        return False
+    if device.type == "cuda":
+        return importlib.util.find_spec("triton") is not None
+    return c_compiler() is not None
+
+
+def sdpa_available(device: torch.device) -> bool:
+    """A fused scaled_dot_product_attention kernel runs here (checked on a tiny call)."""
+    fn = getattr(torch.nn.functional, "scaled_dot_product_attention", None)
+    if fn is None:
+        return False
+    try:
+        q = torch.zeros(1, 1, 2, 8, device=device)
+        fn(q, q, q, is_causal=True)
+    except RuntimeError:
+        return False
+    return True
+
+
+def levers(device: torch.device) -> dict:
+    """What this hardware offers a training step."""
+    device = torch.device(device)
+    out = {
+        "device": device.type,
+        "machine": machine_name(device),
+        "native_bf16": native_bf16(device),
+        "sdpa": sdpa_available(device),
+        "compile": compile_usable(device),
+        "threads": torch.get_num_threads(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    }
+    if device.type == "cpu":
+        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the ATen kernels' ISA
+    else:
+        out["capability"] = ".".join(map(str, cuda_capability(device)))
+    return out
