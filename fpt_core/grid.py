@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fpt_core.backbones.registry import looks_like_path
 from fpt_core.cell import FPT_GROUPS, GROUPS, NON_IDENTITY, make_cell
 from fpt_core.errors import ConfigError
 
@@ -250,6 +251,11 @@ def _backbone(point: Point, grid: Grid) -> Any:
     backbone = point.values.get("backbone")
     parts = Path(str(backbone)).parts if backbone is not None else ()
     if len(parts) != 2 or parts[0] != PRETRAINED_DIR:
+        if backbone is not None and looks_like_path(str(backbone)) and not Path(backbone).expanduser().is_dir():
+            path = point.source.get("backbone", f"ablations.{point.ablation}")
+            raise ConfigError(f"{path}: backbone directory {backbone} does not exist; allowed: a "
+                              f"registered name (fpt backbones), org/name, an existing directory, "
+                              f"or {PRETRAINED_DIR}/<name> of a pretrain: entry")
         return backbone
     if parts[1] not in grid.pretrain:
         path = point.source.get("backbone", f"ablations.{point.ablation}")

@@ -185,3 +185,10 @@ def test_a_row_whose_cells_differ_in_more_than_the_seed_is_refused():
            "ablations": {"depth": {"rows": {"fpt": {}}, "axes": {"depth": [1, 2]}, "label": "{row}"}}}
     with pytest.raises(ConfigError, match=r"row 'fpt' on bit-xor would average cells that differ in depth"):
         build(cfg)
+
+
+def test_a_backbone_directory_that_does_not_exist_is_refused_before_any_job(tmp_path):
+    cfg = {"axes": {"task": ["bit-xor"]}, "ablations": {"a": {"rows": {
+        "mine": {"backbone": str(tmp_path / "nowhere"), "init": "pretrained"}}}}}
+    with pytest.raises(ConfigError, match=r"ablations.a.rows.mine.backbone: backbone directory .*nowhere does not exist"):
+        build(cfg)

@@ -23,7 +23,15 @@ rule draw_figures:
             )
             for name in GRID.ablations
         ],
-        tables=expand(f"{FIGURES_DIR}/{{ablation}}.md", ablation=GRID.ablations),
+        tables=[
+            report(
+                f"{FIGURES_DIR}/{name}.md",
+                caption="../report/table.rst",
+                category="Tables",
+                labels={"ablation": name},
+            )
+            for name in GRID.ablations
+        ],
         attention=[
             report(
                 f"{FIGURES_DIR}/attention-{task}.png",
