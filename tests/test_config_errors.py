@@ -100,6 +100,15 @@ CASES = [
     (with_("defaults.depth", 3), "depth"),  # gpt2-tiny has 2 blocks
     (with_("defaults.n_train", 2), "batch_size"),  # a batch of 4 from 2 examples
     (with_("defaults.init", "pretrained"), "init"),  # gpt2-tiny has no pretrained weights
+    # a negative seed, wherever it is set
+    (with_("axes.seed", [-1]), "seed"),
+    (with_("defaults.seed", -1), "seed"),
+    (with_("pretrain", {"p": {"task": "bit-xor", "seed": -1}}), "seed"),
+    # a row that would average cells differing in more than the seed
+    (with_("ablations.headline", {"rows": {"fpt": {}}, "axes": {"lr": [1e-3, 1e-2]}, "label": "{row}"}),
+     "lr"),
+    # a metrics viewer that is not installed (tensorboard and wandb are not in the test setup)
+    (with_("train.metrics", ["csv", "wandb"]), "metrics"),
 ]
 
 
