@@ -155,7 +155,8 @@ def markdown_table(summary: pd.DataFrame, labels: list[str], tasks: list[str],
     what += (" Spread is the sample standard deviation over seeds (ddof 1); a single seed shows "
              "none. A paper number in parentheses comes from another setting (its note says "
              "which) and is context, not a comparison.")
-    lines += [what, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [what, ""]
+    body = []
     for label in labels:
         cells = [label]
         for task in tasks:
@@ -165,7 +166,8 @@ def markdown_table(summary: pd.DataFrame, labels: list[str], tasks: list[str],
                 continue
             r = hit.iloc[0]
             cells += [_cell_text(r, digits), _paper_text(r["paper"], r.get("paper_note", ""), digits)]
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells)
+    lines.append(pd.DataFrame(body, columns=header).to_markdown(index=False, disable_numparse=True))
     return "\n".join(lines) + "\n"
 
 
