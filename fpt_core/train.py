@@ -247,6 +247,10 @@ def _train(cell: Cell, out_dir: Path, progress: "Progress") -> pd.DataFrame:
             if state["step"] % cell.eval_every == 0 or state["step"] == cell.steps:
                 row = record_eval(state, source, cell, device, started)
                 bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_acc']:.3f}")
+                if not cell.progress:  # a log file (Snakemake, Slurm) gets a line per evaluation
+                    print(f"step {row['step']}/{cell.steps}  train loss {row['train_loss']:.4f}  "
+                          f"test loss {row['test_loss']:.4f}  test acc {row['test_acc']:.4f}",
+                          file=sys.stderr, flush=True)
                 metrics.log(state["curve"])
                 progress.write("running", state)
             if state["step"] % cell.checkpoint_every == 0 and state["step"] < cell.steps:

@@ -214,3 +214,10 @@ def test_results_deleted_after_the_run_ended_are_restored_without_training(tmp_p
     train_cell(cell, tmp_path)
     for got, want in zip(comparable(tmp_path), before):
         pd.testing.assert_frame_equal(got, want)
+
+
+def test_a_run_without_progress_bar_logs_a_line_per_evaluation(tmp_path, capsys):
+    train_cell(make_cell({**TINY, "steps": 20, "eval_every": 10, "progress": False}), tmp_path)
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("step ")]
+    assert [l.split()[1] for l in lines] == ["10/20", "20/20"]
+    assert all("test acc" in l for l in lines)
