@@ -201,3 +201,15 @@ def test_export_then_load_as_pretrained(tmp_path, backbone):
     if model.pos_table is not None:
         assert torch.equal(loaded.pos_table, model.pos_table)
     assert param_counts(loaded) == param_counts(model)
+
+
+def test_a_random_backbone_cut_to_depth_k_is_the_first_k_blocks_of_the_whole_one():
+    whole = build_backbone("gpt2-tiny", "random", seed=3)
+    cut = build_backbone("gpt2-tiny", "random", seed=3, depth=1)
+    assert cut.n_blocks == 1
+    mine = dict(cut.named_parameters())
+    shared = [n for n in mine if ".0." in n or ".h." not in n]
+    assert shared
+    for name, p in whole.named_parameters():
+        if name in mine:
+            assert torch.equal(p, mine[name]), name

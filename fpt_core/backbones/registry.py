@@ -31,7 +31,6 @@ from fpt_core.backbones.hf import (
     hf_config,
     hf_from_config,
     hf_from_pretrained,
-    truncate_config,
 )
 from fpt_core.backbones.lstm import LSTMBackbone
 from fpt_core.backbones.offline import minilm_dir, smollm2_dir
@@ -226,10 +225,11 @@ def _build_hf(spec: BackboneSpec, init: str, depth: int | None, dropout: float) 
         kind = "vit" if config.model_type == "vit" else "hf"
     overrides = {key: dropout for key in DROPOUT_KEYS.get(kind, ())}
     if init == "random":
+        # The whole model is drawn, then cut to its first `depth` blocks, as for pretrained
+        # weights: a config truncated first would scale its output projections' init by the
+        # smaller depth (GPT-2: std 0.02/sqrt(2 * depth)), a different model than the paper's.
         for key, value in overrides.items():
             setattr(config, key, value)
-        if depth is not None:
-            truncate_config(config, depth)
         model = hf_from_config(config)
     else:
         model = hf_from_pretrained(str(spec.weights()), spec.name, **overrides)
