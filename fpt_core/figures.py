@@ -25,46 +25,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from fpt_core import catalog  # noqa: E402
+
+from fpt_core.summaries import (  # noqa: E402
+    CONVERGED_WITHIN, FINAL_WINDOW, chance, comparable, completeness_note, converge_summary, load_reported, markdown_table,
+    steps_summary, summarize,
+)
 
 PAPER_COLOR = "black"
-
-
-def load_reported(path: str | Path | None) -> pd.DataFrame | None:
-    """The paper's numbers (table, experiment, row, task, value, note), or None if absent."""
-    if path is None or not Path(path).is_file():
-        return None
-    return pd.read_csv(path, dtype={"table": str})
-
-
-def paper_value(reported: pd.DataFrame | None, experiment: str, row: str, task: str) -> float:
-    return paper_entry(reported, experiment, row, task)[0]
-
-
-def paper_entry(reported: pd.DataFrame | None, experiment: str, row: str, task: str
-                ) -> tuple[float, str]:
-    """The paper's number for (experiment, row, task) and its note ('' for none)."""
-    if reported is None:
-        return math.nan, ""
-    hit = reported[(reported["experiment"] == experiment) & (reported["row"] == row)
-                   & (reported["task"] == task)]
-    if not len(hit):
-        return math.nan, ""
-    note = hit["note"].iloc[0]
-    return float(hit["value"].iloc[0]), "" if pd.isna(note) else str(note)
-
-
-def comparable(note: str) -> bool:
-    """A paper number from the same setting as the row: no note, or a diverged run's last value.
-    Others (another model size, a number quoted from LRA or TAPE, a 3-layer model) are shown
-    apart, as context."""
-    return note == "" or note.startswith("diverged") or note == "unverified"
-
-
-def chance(task: str) -> float | None:
-    """Accuracy of uniform guessing on a task, in percent."""
-    entry = catalog.TASKS.get(task)
-    return 100 / entry[4] if entry else None
 
 
 def ablation_rows(table: pd.DataFrame, ablation: str) -> pd.DataFrame:
@@ -81,94 +48,6 @@ def labels_in_order(rows: pd.DataFrame) -> list[str]:
 
 def tasks_in_order(rows: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(rows["task"].dropna())) or ["?"]
-
-
-def completeness_note(rows: pd.DataFrame) -> str:
-    """'' when every cell finished, else a note such as 'partial: 3 of 24 cells missing'."""
-    cells = rows.drop_duplicates("cell_id")
-    missing = int((cells["status"] == "missing").sum())
-    return f"partial: {missing} of {len(cells)} cells missing" if missing else ""
-
-
-def summarize(rows: pd.DataFrame, metric: str, reported: pd.DataFrame | None,
-              suffix: str = "") -> pd.DataFrame:
-    """Per (label, task): mean and std over seeds in percent, cells finished, and the paper's value.
-
-    `suffix` is appended to the row label to find the paper's number (train-test: "-train").
-    """
-    out = []
-    for (label, task), group in rows.groupby(["label", "task"], sort=False):
-        values = 100 * group[metric].astype(float).dropna()
-        out.append({
-            "label": label, "task": task, "label_order": group["label_order"].iloc[0],
-            "mean": values.mean() if len(values) else math.nan,
-            "std": values.std(ddof=1) if len(values) > 1 else math.nan,
-            "n": len(values), "expected": len(group),
-            "finished": int((group["status"] != "missing").sum()),
-            "diverged": int((group["status"] == "diverged").sum()),
-            **_paper(reported, group["experiment"].iloc[0], f"{label}{suffix}", task),
-        })
-    return pd.DataFrame(out)
-
-
-def _paper(reported, experiment: str, row: str, task: str) -> dict:
-    value, note = paper_entry(reported, experiment, row, task)
-    return {"paper": value, "paper_note": note}
-
-
-def _cell_text(r: pd.Series, digits: int = 1) -> str:
-    """Ours as 'mean ± std', with how many seeds it covers when not all of them."""
-    if r["finished"] == 0:
-        return "missing"
-    if r["n"] == 0:
-        return "not reached" if r.get("kind") == "steps" else "no value"
-    text = f"{r['mean']:.{digits}f}"
-    if r["n"] > 1:  # one seed has no spread to show
-        text += f" ± {r['std']:.{digits}f}"
-    notes = []
-    if r["n"] < r["expected"]:
-        what = "reached" if r.get("kind") == "steps" else "seeds"
-        notes.append(f"{r['n']} of {r['expected']} {what}")
-    if r["diverged"]:
-        notes.append(f"{r['diverged']} diverged")
-    return text + (f" ({', '.join(notes)})" if notes else f" (n={r['n']})")
-
-
-def _paper_text(value: float, note: str, digits: int = 1) -> str:
-    if math.isnan(value):
-        return "–"
-    return f"{value:.{digits}f}" if comparable(note) else f"({value:.{digits}f}: {note})"
-
-
-def markdown_table(summary: pd.DataFrame, labels: list[str], tasks: list[str],
-                   title: str, note: str, what: str, digits: int = 1) -> str:
-    """Rows are labels; per task a column of ours (mean ± std over seeds) and the paper's."""
-    header = ["row"]
-    for task in tasks:
-        header += [f"{task} (ours)", f"{task} (paper)"]
-    lines = [f"# {title}", ""]
-    if note:
-        lines += [f"**{note}**", ""]
-    if summary["paper"].isna().all():
-        what += (" The paper's numbers are not available here (no reported.csv, or none for "
-                 "this experiment).")
-    what += (" Spread is the sample standard deviation over seeds (ddof 1); a single seed shows "
-             "none. A paper number in parentheses comes from another setting (its note says "
-             "which) and is context, not a comparison.")
-    lines += [what, ""]
-    body = []
-    for label in labels:
-        cells = [label]
-        for task in tasks:
-            hit = summary[(summary["label"] == label) & (summary["task"] == task)]
-            if hit.empty:
-                cells += ["", ""]
-                continue
-            r = hit.iloc[0]
-            cells += [_cell_text(r, digits), _paper_text(r["paper"], r.get("paper_note", ""), digits)]
-        body.append(cells)
-    lines.append(pd.DataFrame(body, columns=header).to_markdown(index=False, disable_numparse=True))
-    return "\n".join(lines) + "\n"
 
 
 def _paper_points(ax, x: np.ndarray, values: np.ndarray, label: str | None,
@@ -307,44 +186,6 @@ def draw_train_test(a: Ablation) -> None:
     md.write_text(markdown_table(both, order, tasks, title, note, what))
 
 
-def steps_to(curves: pd.DataFrame, threshold: float) -> pd.Series:
-    """Per cell, the first evaluated step whose test accuracy reached `threshold` (NaN: never)."""
-    hit = curves[curves["test_acc"] >= threshold]
-    return hit.groupby("cell_id")["step"].min()
-
-
-def steps_summary(rows: pd.DataFrame, reported, curves: pd.DataFrame | None = None,
-                  thresholds: dict[str, float] | None = None) -> pd.DataFrame:
-    """Per (label, task): mean steps to threshold over the seeds that reached it.
-
-    The threshold is the trainer's (the task's default or the cell's own) unless `thresholds`
-    names one for the task; then steps are read off the learning curves.
-    """
-    thresholds = thresholds or {}
-    rows = rows.copy()
-    rows["threshold_used"] = rows["threshold_used"].astype(float)
-    rows["steps_to_threshold"] = rows["steps_to_threshold"].astype(float)
-    for task, threshold in thresholds.items():
-        here = rows["task"] == task
-        steps = steps_to(curves, threshold) if curves is not None else pd.Series(dtype=float)
-        rows.loc[here, "steps_to_threshold"] = rows.loc[here, "cell_id"].map(steps)
-        rows.loc[here, "threshold_used"] = threshold
-    out = []
-    for (label, task), group in rows.groupby(["label", "task"], sort=False):
-        reached = group["steps_to_threshold"].dropna().astype(float)
-        out.append({
-            "label": label, "task": task, "label_order": group["label_order"].iloc[0],
-            "mean": reached.mean() if len(reached) else math.nan,
-            "std": reached.std(ddof=1) if len(reached) > 1 else math.nan,
-            "n": len(reached), "expected": len(group), "kind": "steps",
-            "finished": int((group["status"] != "missing").sum()), "diverged": 0,
-            **_paper(reported, group["experiment"].iloc[0], label, task),
-            "threshold": group["threshold_used"].dropna().iloc[0]
-            if group["threshold_used"].notna().any() else math.nan,
-        })
-    return pd.DataFrame(out)
-
-
 def draw_curves(a: Ablation) -> None:
     rows, curves, reported, title, png, md = a.rows, a.curves, a.reported, a.title, a.png, a.md
     thresholds = a.thresholds
@@ -377,11 +218,18 @@ def draw_curves(a: Ablation) -> None:
     used = ", ".join(f"{t} {100 * v:.0f}%" for t, v in
                      steps.drop_duplicates("task").set_index("task")["threshold"].items()
                      if not math.isnan(v))
-    what = ("Gradient steps until the test accuracy first reached the threshold"
-            f"{f' ({used})' if used else ''}, mean ± std over the seeds that reached it (the "
-            "curves show mean and range over seeds). The paper's numbers are steps to "
-            "convergence of its full-size runs, for scale only.")
-    md.write_text(markdown_table(steps, labels, tasks, title, note, what, digits=0))
+    converge = converge_summary(rows, reported, curves)
+    what = ("Steps to converge: the first evaluated step within "
+            f"{100 * CONVERGED_WITHIN:.0f} point of the run's own final test accuracy (the mean "
+            f"of its last {FINAL_WINDOW} evaluations), mean ± std over seeds, beside the paper's "
+            "Table 6 (steps to converge of its full-size runs). A run that learns nothing "
+            "converges at once, to chance: read this with the accuracies of the curves.")
+    threshold_what = ("Steps to threshold: gradient steps until the test accuracy first reached "
+                      f"the threshold{f' ({used})' if used else ''}, mean ± std over the seeds "
+                      "that reached it (the curves show mean and range over seeds).")
+    md.write_text(markdown_table(converge, labels, tasks, title, note, what, digits=0) + "\n"
+                  + markdown_table(steps, labels, tasks, "Steps to threshold", "", threshold_what,
+                                   digits=0))
 
 
 # Figure kinds by name (an ablation's `figure:`); each draws a PNG and a Markdown table.

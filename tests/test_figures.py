@@ -4,7 +4,8 @@ import math
 import pandas as pd
 import pytest
 
-from fpt_core.figures import draw_ablation, draw_attention, summarize
+from fpt_core.figures import draw_ablation, draw_attention
+from fpt_core.summaries import steps_to_converge, summarize
 
 REPORTED = """table,experiment,row,task,value,note
 1,headline,fpt,bit-xor,100,
@@ -154,3 +155,14 @@ def test_a_paper_number_from_another_setting_is_marked_as_context(paths):
     table = member_rows("headline", [("fpt", "cifar10", 0, 0.6, None)])
     md = draw(tmp_path, table, "headline", reported=reported)
     assert "| fpt | 60.0 (n=1) | (72.1: gpt2-large) |" in md
+
+
+def test_steps_to_converge_is_where_a_run_reaches_its_own_plateau():
+    curves = pd.DataFrame({
+        "cell_id": ["learns"] * 6 + ["flat"] * 6,
+        "step": [100, 200, 300, 400, 500, 600] * 2,
+        "test_acc": [0.5, 0.7, 0.95, 0.99, 1.0, 1.0, 0.5, 0.5, 0.51, 0.5, 0.49, 0.5],
+    })
+    steps = steps_to_converge(curves)
+    assert steps["learns"] == 400  # within 1 point of the mean of its last 3 (0.9967)
+    assert steps["flat"] == 100  # a run that learns nothing sits on its plateau from the start
