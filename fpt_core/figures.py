@@ -25,10 +25,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-
 from fpt_core.summaries import (  # noqa: E402
-    CONVERGED_WITHIN, FINAL_WINDOW, chance, comparable, completeness_note, converge_summary, load_reported, markdown_table,
-    steps_summary, summarize,
+    CONVERGED_WITHIN, FINAL_WINDOW, chance, comparable, completeness_note, converge_summary,
+    load_reported, markdown_table, metric_values, steps_summary, summarize,
 )
 
 PAPER_COLOR = "black"
@@ -126,7 +125,7 @@ def draw_bars(a: Ablation) -> None:
     palette = dict(zip(labels, sns.color_palette("colorblind", len(labels))))
     fig, axes = _facets(len(tasks), width=max(3.2, 0.7 * len(labels) + 1.2))
     for ax, task in zip(axes, tasks):
-        data = rows[rows["task"] == task].assign(acc=lambda d: 100 * d[metric].astype(float))
+        data = rows[rows["task"] == task].assign(acc=lambda d: 100 * metric_values(d, metric))
         here = [label for label in labels if label in set(data["label"])]  # rows run on task
         sns.barplot(data=data, x="label", y="acc", hue="label", order=here, hue_order=here,
                     palette=palette, errorbar="sd", capsize=0.2, legend=False, ax=ax)
@@ -158,7 +157,7 @@ def draw_train_test(a: Ablation) -> None:
     train = summarize(rows, "train_acc", reported, suffix="-train").assign(split="train")
     fig, axes = _facets(len(tasks), width=max(3.2, 0.9 * len(labels) + 1.2))
     long = pd.concat([
-        rows.assign(acc=100 * rows[metric].astype(float), split="test"),
+        rows.assign(acc=100 * metric_values(rows, metric), split="test"),
         rows.assign(acc=100 * rows["train_acc"].astype(float), split="train"),
     ], ignore_index=True)
     for ax, task in zip(axes, tasks):

@@ -55,15 +55,26 @@ def completeness_note(rows: pd.DataFrame) -> str:
     return f"partial: {missing} of {len(cells)} cells missing" if missing else ""
 
 
+def metric_values(rows: pd.DataFrame, metric: str) -> pd.Series:
+    """The metric per cell; for a diverged cell's test accuracy, its best before divergence."""
+    values = rows[metric].astype(float)
+    if metric.endswith("test_acc") and "best_test_acc" in rows:
+        diverged = rows["status"] == "diverged"
+        values = values.where(~diverged, rows["best_test_acc"].astype(float))
+    return values
+
+
 def summarize(rows: pd.DataFrame, metric: str, reported: pd.DataFrame | None,
               suffix: str = "") -> pd.DataFrame:
     """Per (label, task): mean and std over seeds in percent, cells finished, and the paper's value.
 
     `suffix` is appended to the row label to find the paper's number (train-test: "-train").
+    A diverged cell counts with its best test accuracy before it diverged, as the paper reports
+    such runs (Table 13).
     """
     out = []
     for (label, task), group in rows.groupby(["label", "task"], sort=False):
-        values = 100 * group[metric].astype(float).dropna()
+        values = 100 * metric_values(group, metric).dropna()
         out.append({
             "label": label, "task": task, "label_order": group["label_order"].iloc[0],
             "mean": values.mean() if len(values) else math.nan,

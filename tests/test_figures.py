@@ -166,3 +166,11 @@ def test_steps_to_converge_is_where_a_run_reaches_its_own_plateau():
     steps = steps_to_converge(curves)
     assert steps["learns"] == 400  # within 1 point of the mean of its last 3 (0.9967)
     assert steps["flat"] == 100  # a run that learns nothing sits on its plateau from the start
+
+
+def test_a_diverged_cell_counts_with_its_best_accuracy_before_divergence(paths):
+    tmp_path, reported = paths
+    table = member_rows("more-parameters", [("plus-attention", "bit-xor", 0, 0.2, None)])
+    table["status"], table["best_test_acc"] = "diverged", 0.9
+    md = draw(tmp_path, table, "more-parameters", reported=reported)
+    assert "| plus-attention | 90.0 (1 diverged) |" in md
