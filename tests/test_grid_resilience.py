@@ -46,7 +46,7 @@ def test_killed_snakemake_resumes_with_rerun_incomplete_and_retrains_nothing_fin
         after = results.read_summary(where / "results" / "cells" / cell)
         pd.testing.assert_frame_equal(after.drop(columns=["finished_at", "hostname"]),
                                       before.drop(columns=["finished_at", "hostname"]))
-    table = pd.read_parquet(where / "results" / "aggregate.parquet")
+    table = pd.read_parquet(where / "results" / "default" / "aggregate.parquet")
     assert set(table["steps_done"]) == {400} and table["cell_id"].nunique() == 6
 
 
