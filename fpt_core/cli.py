@@ -128,7 +128,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     top = _Parser(
-        prog="fpt", description="Frozen Pretrained Transformers: train cells, inspect, plan, watch.",
+        prog="fpt", description="Frozen Pretrained Transformers: train cells, inspect them, prepare data, benchmark.",
         epilog=f"example: {CELL_EXAMPLE}\n`fpt COMMAND --help` for each command.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
