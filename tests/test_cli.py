@@ -146,3 +146,12 @@ def test_results_get_the_mode_the_umask_gives(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     for name in ("summary.parquet", "curve.parquet", "model.pt", "metrics.csv", "progress.json"):
         assert stat.S_IMODE(os.stat(out / name).st_mode) == 0o644, name
+
+
+def test_a_hub_backbone_offline_is_one_line_saying_what_to_do(tmp_path):
+    result = fpt("train", "task=bit-xor", "backbone=gpt2", "init=pretrained", "steps=2",
+                 f"out={tmp_path}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: backbone gpt2: cannot load")
+    assert "backbone=DIR" in lines[0]

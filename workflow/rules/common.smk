@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 from fpt_core import grid as fpt_grid
 from fpt_core.cell import ConfigError
@@ -16,9 +15,9 @@ SCHEMA = Path(workflow.current_basedir) / ".." / "schemas" / "config.schema.yaml
 
 try:
     # YAML keeps the last of two equal keys (two ablations of one name would become one), so
-    # the files are read again strictly. Then our own schema pass: it names the key and the
-    # allowed values in one line, where snakemake.utils.validate prints the whole schema. Then
-    # the cells themselves.
+    # the files are read again strictly. Then the schema, once, by our own pass (jsonschema's
+    # best match, in one line that names the key and the allowed values, where
+    # snakemake.utils.validate prints the whole schema). Then the cells themselves.
     for path in workflow.configfiles:
         if os.path.isfile(path):
             load_strict(path)
@@ -26,7 +25,6 @@ try:
     GRID = fpt_grid.build(config)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
-validate(config, str(SCHEMA))
 
 STUDY = config.get("study", "default")
 RESULTS = f"results/{STUDY}"  # this study's tables; cells are shared under results/cells
