@@ -1,5 +1,5 @@
 """The `fpt` command: train a cell, count its parameters, list tasks and backbones, prepare data,
-benchmark.
+plan a grid's compute, watch a running grid, benchmark.
 
 argparse gives every command its --help; a cell's fields stay `key=value` arguments (or come
 from a YAML/JSON cell file), as in Hydra. Bad input ends with one line that names the key and
@@ -114,6 +114,8 @@ def _number(value):
 
 # Commands whose own argparse lives in their module; `fpt NAME ...` hands them the rest.
 DELEGATED = {
+    "plan": ("fpt_core.plan", "estimated GPU-hours of a config's grid, per ablation"),
+    "status": ("fpt_core.status", "what a running grid is doing: done, running, failed, pending"),
     "bench": ("fpt_bench.bench", "the speed benchmark"),
 }
 
@@ -128,7 +130,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     top = _Parser(
-        prog="fpt", description="Frozen Pretrained Transformers: train cells, inspect them, prepare data, benchmark.",
+        prog="fpt", description="Frozen Pretrained Transformers: train cells, inspect them, plan and watch a grid, benchmark.",
         epilog=f"example: {CELL_EXAMPLE}\n`fpt COMMAND --help` for each command.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)

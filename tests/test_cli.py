@@ -58,7 +58,7 @@ def test_missing_data_says_which_files_to_put_where(tmp_path):
     assert str(tmp_path) in result.stderr and "mnist" in result.stderr.lower()
 
 
-@pytest.mark.parametrize("command", ["train", "params", "tasks", "backbones", "data", "bench"])
+@pytest.mark.parametrize("command", ["train", "params", "tasks", "backbones", "data", "plan", "status", "bench"])
 def test_every_command_has_help(command):
     result = fpt(command, "--help")
     assert result.returncode == 0, result.stderr
