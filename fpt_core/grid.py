@@ -26,7 +26,7 @@ import itertools
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fpt_core.backbones.registry import looks_like_path
 from fpt_core.cell import FPT_GROUPS, GROUPS, NON_IDENTITY, make_cell
@@ -186,9 +186,11 @@ def _label(name: str, spec: dict, row: str | None, axes: dict, combo: dict, valu
         ) from None
 
 
-def _cell_or_error(values: dict, source: dict, where: str, run: dict[str, Any]):
+def _cell_or_error(values: dict, source: dict, where: str, run: dict[str, Any],
+                   adjust: Callable[[dict], dict] | None = None):
     try:
-        return make_cell({**values, **run})
+        merged = {**values, **run}
+        return make_cell(adjust(merged) if adjust else merged)
     except ConfigError as e:
         key, _, rest = str(e).partition(": ")
         path = source.get(key)
@@ -197,19 +199,23 @@ def _cell_or_error(values: dict, source: dict, where: str, run: dict[str, Any]):
         raise ConfigError(f"{path}: {rest}") from None
 
 
-def build(config: dict) -> Grid:
-    """Resolve every grid point into a validated cell and deduplicate by cell id."""
+def build(config: dict, adjust: Callable[[dict], dict] | None = None) -> Grid:
+    """Resolve every grid point into a validated cell and deduplicate by cell id.
+
+    `adjust` rewrites each point's resolved values before they become a cell (a smoke run's
+    smoke.smoke_cell_values: tiny backbones, a few steps).
+    """
     run = run_settings(config)
     grid = Grid(ablations=dict(config.get("ablations") or {}))
     for name, values in (config.get("pretrain") or {}).items():
         merged, source = resolve(config, [(f"pretrain.{name}", values)])
-        grid.pretrain[name] = _cell_or_error(merged, source, f"pretrain.{name}", run)
+        grid.pretrain[name] = _cell_or_error(merged, source, f"pretrain.{name}", run, adjust)
     orders: dict[tuple[str, str], int] = {}
     seen: set[tuple[str, str, str]] = set()
     for point in expand(config):
         where = f"ablations.{point.ablation} (row {point.label})"
         values = {**point.values, "backbone": _backbone(point, grid)}
-        cell = _cell_or_error(values, point.source, where, run)
+        cell = _cell_or_error(values, point.source, where, run, adjust)
         grid.cells.setdefault(cell.id, cell)
         order = orders.setdefault((point.ablation, point.label), len(
             [k for k in orders if k[0] == point.ablation]))

@@ -105,7 +105,23 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 def train_cells(output: str) -> set[str]:
-    return set(re.findall(r"results/cells/([0-9a-f]{12})/summary\.parquet", output))
+    """Cells a (dry) run trains: alone (their summary is the job's output) or in packs (their
+    ids in brackets in the pack's message)."""
+    alone = re.findall(r"results/cells/([0-9a-f]{12})/summary\.parquet", output)
+    packed = re.findall(r"\[([0-9a-f]{12})\]", output)
+    return set(alone) | set(packed)
+
+
+def pack_sizes(output: str) -> list[int]:
+    return [int(n) for n in re.findall(r": train (\d+) cells \(", output)]
+
+
+def trained(output: str) -> int:
+    """How many cells the run's train and train_pack jobs train."""
+    counts = job_counts(output)
+    packed = sum(pack_sizes(output))
+    assert counts.get("train_pack", 0) <= packed
+    return counts.get("train", 0) + packed
 
 
 def tiny(**ablations) -> dict:
@@ -128,7 +144,9 @@ def test_default_grid_dry_run_trains_each_distinct_cell_once(tmp_path):
     assert len(cells) < points  # ablations share cells (headline's fpt is modality's language ...)
     out = snakemake(workdir(tmp_path), "-n").stdout
     counts = job_counts(out)
-    assert counts["train"] == len(cells) == len(train_cells(out))
+    assert trained(out) == len(cells) == len(train_cells(out))
+    assert "train" not in counts and len(pack_sizes(out)) == counts["train_pack"] < len(cells)
+    assert max(pack_sizes(out)) <= cfg["train"]["pack_cells"]
     assert counts["pretrain"] == len(cfg["pretrain"]) == counts["export_backbone"]
     assert counts["prepare_data"] == len(cfg["data"]) and counts["draw_figures"] == 1
     for name in cfg["ablations"]:
@@ -142,8 +160,25 @@ def test_paper_grid_dry_run_lists_every_cell(tmp_path):
     where = workdir(tmp_path)
     shutil.copy(ROOT / "config" / "paper.yaml", where / "config" / "paper.yaml")
     out = snakemake(where, "-n", "--configfile", "config/paper.yaml").stdout
-    assert job_counts(out)["train"] == len(cells)
+    assert trained(out) == len(cells) == len(train_cells(out))
     assert f"figures/paper/{next(reversed(cfg['ablations']))}.png" in out
+
+
+@pytest.mark.slow
+def test_the_paper_smoke_run_lists_every_paper_cell_in_its_own_study(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    cells, _ = expected_cells(cfg)
+    where = workdir(tmp_path)
+    shutil.copy(ROOT / "config" / "paper.yaml", where / "config" / "paper.yaml")
+    out = snakemake(where, "-n", "--configfile", "config/paper.yaml", "--config", "smoke=true").stdout
+    assert trained(out) == len(cells) == len(train_cells(out))
+    counts = job_counts(out)
+    assert counts["smoke_backbone"] >= 5 and counts["prepare_data"] == len(cfg["data"])
+    assert "figures/paper-smoke/headline.png" in out and "results/paper-smoke/aggregate.parquet" in out
+    written = re.findall(r"^\s+output: (.*)$", out, re.M)
+    paths = [p.strip() for line in written for p in line.split(",")]
+    assert paths and all(p.startswith(("results/paper-smoke/", "figures/paper-smoke/", "backbones/"))
+                         for p in paths), sorted(set(paths))[:10]
 
 
 @pytest.mark.slow
@@ -157,9 +192,9 @@ def test_studies_switch_on_a_clone_with_the_committed_results(tmp_path):
     paper, _ = expected_cells(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()))
     for _ in range(2):
         out = snakemake(where, "-n").stdout
-        assert "rule train:" not in out, out[-2000:]
+        assert "rule train" not in out and "train_pack" not in out, out[-2000:]
         out = snakemake(where, "-n", "--configfile", "config/paper.yaml").stdout
-        assert job_counts(out)["train"] == len(paper)
+        assert trained(out) == len(paper)
         assert "results/paper/aggregate.parquet" in out and "results/default/" not in out
         assert "figures/paper/headline.png" in out and "figures/default/" not in out
 

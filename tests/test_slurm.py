@@ -31,7 +31,7 @@ JOB_ID_COLUMN = "slurm_job_id"
 RESUMED = re.compile(r"resumed from step (\d+)")
 # The train rule asks for a GPU only with `device: cuda`; the CI cluster's fake GPUs are
 # scheduled like real ones while training stays on the CPU.
-EXTRA_ARGS = ["--set-resources", "train:gpu=1"]
+EXTRA_ARGS = ["--set-resources", "train:gpu=1", "train_pack:gpu=1"]
 RUN_TIMEOUT_S = 900
 CANCEL_WITHIN_S = 300
 
@@ -156,6 +156,27 @@ def test_every_cell_runs_as_its_own_slurm_job(tmp_path):
         assert cells[cell]["steps_done"] == 200
     table = pd.read_parquet(tmp_path / TARGET)
     assert sorted(table["cell_id"]) == sorted(cells)
+
+
+def test_a_pack_of_cells_is_one_slurm_job_with_one_gpu(tmp_path):
+    config = cell_config(seeds=[0, 1, 2, 3], steps=100, eval_every=50)
+    config["train"]["pack_cells"] = 2
+    process, log = start_pipeline(tmp_path, config)
+    finish(process, log)
+
+    cells = summaries(tmp_path)
+    assert len(cells) == 4 and {row["status"] for row in cells.values()} == {"finished"}
+    jobs: dict[str, list[str]] = {}
+    for cell, row in cells.items():
+        jobs.setdefault(row[JOB_ID_COLUMN], []).append(cell)
+    assert sorted(map(len, jobs.values())) == [2, 2], f"cells per Slurm job: {jobs}"
+    for job_id, members in jobs.items():
+        job = slurm_job(job_id)
+        assert job["JobState"] == "COMPLETED" and job.get("TresPerJob", "").endswith("gpu:1"), job
+        # the Slurm comment names the pack (backbone, init, cell count)
+        assert "gpt2-tiny-random-2-" in job.get("Comment", ""), job
+        for cell in members:
+            assert "step 100/100" in (tmp_path / TRAIN_LOG.format(cell=cell)).read_text()
 
 
 def test_cancelled_job_is_resubmitted_and_resumes_from_its_checkpoint(tmp_path):

@@ -3,8 +3,8 @@
 
 rule aggregate:
     input:
-        summaries=expand(f"{CELLS_DIR}/{{cell}}/summary.parquet", cell=aggregate_cells()),
-        curves=expand(f"{CELLS_DIR}/{{cell}}/curve.parquet", cell=aggregate_cells()),
+        # a finished cell's summary, or an unfinished one's pack (which writes the summary)
+        cells=sorted({cell_done(cell) for cell in aggregate_cells()}),
     output:
         table=f"{RESULTS}/aggregate.parquet",
         curves=f"{RESULTS}/curves.parquet",

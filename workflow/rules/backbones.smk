@@ -15,3 +15,18 @@ rule prepare_backbone:
         "../../environment.yml"
     script:
         "../scripts/prepare_backbone.py"
+
+
+rule smoke_backbone:
+    """A smoke run's stand-in for a registry backbone: a tiny random model of its class."""
+    output:
+        directory(f"{SMOKE_BACKBONES}/{{backbone}}"),
+    log:
+        f"logs/{STUDY}/backbones/{{backbone}}.log",
+    wildcard_constraints:
+        backbone=regex_of(smoke_backbones()),
+    priority: 10
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/smoke_backbone.py"

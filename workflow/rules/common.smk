@@ -3,15 +3,23 @@
 
 import os
 import re
+from functools import partial
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from fpt_core import grid as fpt_grid
+from fpt_core import pack as fpt_pack
+from fpt_core import plan as fpt_plan
+from fpt_core import smoke as fpt_smoke
 from fpt_core.cell import ConfigError
 from fpt_core.configfile import load_strict
 
 SCHEMA = Path(workflow.current_basedir) / ".." / "schemas" / "config.schema.yaml"
+
+# --config smoke=true arrives as a string
+SMOKE = str(config.get("smoke", False)).lower() == "true"
+SMOKE_BACKBONES = None
 
 try:
     # YAML keeps the last of two equal keys (two ablations of one name would become one), so
@@ -22,7 +30,14 @@ try:
         if os.path.isfile(path):
             load_strict(path)
     fpt_grid.check_config(config, SCHEMA)
-    GRID = fpt_grid.build(config)
+    if SMOKE:
+        # Its own study, everything under results/<study>-smoke/: smoke cells never mix with
+        # real ones (their ids differ too: tiny backbones, a few steps).
+        smoke_settings, SMOKE_BACKBONES = fpt_smoke.smoke_config(config)
+        config.update(smoke_settings)
+        smoke_cell = partial(fpt_smoke.smoke_cell_values, backbones_dir=SMOKE_BACKBONES,
+                             data_dir=config["train"]["data_dir"])
+    GRID = fpt_grid.build(config, adjust=smoke_cell if SMOKE else None)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
@@ -34,10 +49,13 @@ DATA_DIR = fpt_grid.run_settings(config)["data_dir"]
 RUN_ARGS = fpt_grid.run_args(config)
 FIGURES = config.get("figures") or {}
 ATTENTION = config.get("attention") or {}
-CELLS_DIR = "results/cells"
-DATA_TASKS = fpt_grid.data_tasks(GRID, config)
+CELLS_DIR = f"{RESULTS}/cells" if SMOKE else "results/cells"
+PRETRAIN_DIR = f"{RESULTS}/pretrain" if SMOKE else "results/pretrain"
+DATA_TASKS = fpt_smoke.fixture_tasks(GRID) if SMOKE else fpt_grid.data_tasks(GRID, config)
 # --config partial=true arrives as a string
 PARTIAL = str(config.get("partial", False)).lower() == "true"
+GPU = TRAIN.get("gpu", "a100-80gb")
+PACKS_DIR = f"{CELLS_DIR}/.packs"
 
 
 def cell_dir(cell_id):
@@ -56,6 +74,8 @@ def setup_inputs(cell):
     name = GRID.pretrained_backbone(cell)
     if name is not None:
         needs["backbone"] = GRID.pretrained_dir(name)
+    elif SMOKE_BACKBONES and Path(cell.backbone).parent == Path(SMOKE_BACKBONES):
+        needs["backbone"] = cell.backbone
     elif needs_weights(cell):
         needs["backbone"] = f"backbones/.prepared/{cell.backbone}.done"
     return needs
@@ -72,7 +92,7 @@ def train_inputs(wildcards):
 
 
 def pretrain_inputs(wildcards):
-    if os.path.exists(f"results/pretrain/{wildcards.pretrain}/model.pt"):
+    if os.path.exists(f"{PRETRAIN_DIR}/{wildcards.pretrain}/model.pt"):
         return {}
     return setup_inputs(GRID.pretrain_by_id(wildcards.pretrain)[1])
 
@@ -87,9 +107,72 @@ def needs_weights(cell):
             and "/" not in cell.backbone and not os.path.isdir(cell.backbone))
 
 
+def smoke_backbones():
+    """Registry backbones that the smoke run replaces by tiny stand-ins."""
+    if not SMOKE:
+        return []
+    cells = [*GRID.cells.values(), *GRID.pretrain.values()]
+    return sorted({Path(c.backbone).name for c in cells
+                   if Path(c.backbone).parent == Path(SMOKE_BACKBONES)})
+
+
 def prepared_backbones():
     cells = [*GRID.cells.values(), *GRID.pretrain.values()]
     return sorted({cell.backbone for cell in cells if needs_weights(cell)})
+
+
+def unfinished_packs():
+    """The unfinished cells in packs of `train: pack_cells` (one process each), or none with
+    pack_cells 1, where each cell is its own `train` job. Sized by estimated minutes too where
+    `pack_minutes` is set."""
+    size = int(TRAIN.get("pack_cells", 1))
+    if size == 1:
+        return {}
+    todo = [cell for cell_id, cell in GRID.cells.items() if not is_finished(cell_id)]
+    minutes = TRAIN.get("pack_minutes")
+    cost = (lambda cell: fpt_plan.runtime_minutes(cell, GPU, GRID)) if minutes else None
+    return fpt_pack.make_packs(todo, size, minutes, cost)
+
+
+def pack_inputs(wildcards):
+    needs = {}
+    for i, cell in enumerate(PACKS[wildcards.pack]):
+        needs.update({f"{key}_{i}": path for key, path in setup_inputs(cell).items()})
+    return needs
+
+
+def pack_jobs(pack):
+    """What the pack's script trains: each cell's values (run settings included), directory,
+    log and a readable name."""
+    return [{"values": cell.to_dict(), "out": cell_dir(cell.id), "log": f"logs/train/{cell.id}.log",
+             "name": cell_name(cell.id)} for cell in PACKS[pack]]
+
+
+def cell_name(cell_id):
+    """ablation/row task seed N, the first place the cell has in the grid."""
+    m = next(m for m in GRID.members if m.cell_id == cell_id)
+    return f"{m.ablation}/{m.label} {m.task} seed {m.seed}"
+
+
+def pack_message(pack):
+    cells = PACKS[pack]
+    names = "; ".join(f"{cell_name(c.id)} [{c.id}]" for c in cells)
+    return f"train {len(cells)} cells ({cells[0].backbone}, {cells[0].init}): {names}"
+
+
+def train_runtime(cells):
+    runtime = TRAIN.get("runtime", 60)
+    if runtime == "auto":
+        return fpt_plan.runtime_minutes_for(cells, GPU, GRID)
+    return int(runtime) * len(cells)
+
+
+def cell_done(cell_id):
+    """The file whose existence means the cell has trained: its summary, or while it is
+    unfinished and packed, its pack's flag (the pack writes the cells' summaries itself)."""
+    if cell_id in PACK_OF:
+        return f"{PACKS_DIR}/{PACK_OF[cell_id]}.done"
+    return f"{cell_dir(cell_id)}/summary.parquet"
 
 
 def aggregate_cells():
@@ -139,3 +222,7 @@ def reported_path():
 
 def regex_of(names):
     return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+PACKS = unfinished_packs()  # name -> cells
+PACK_OF = fpt_pack.pack_of(PACKS)  # cell id -> pack name

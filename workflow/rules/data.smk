@@ -8,6 +8,8 @@ rule prepare_data:
     params:
         data_dir=lambda wildcards, output: Path(output[0]).parent.parent,
         options=lambda wildcards: DATA_TASKS[wildcards.task],
+        # a smoke run writes tiny fixtures in the real formats instead
+        fixture=SMOKE,
     log:
         "logs/data/{task}.log",
     wildcard_constraints:

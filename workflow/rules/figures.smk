@@ -64,9 +64,7 @@ rule attention_maps:
     input:
         # ancient: the maps need the cell's model.pt, which is not committed; a fresh clone
         # must not try to recompute them because its summary looks newer.
-        summary=lambda wildcards: ancient(
-            f"{CELLS_DIR}/{attention_cell(wildcards.task)}/summary.parquet"
-        ),
+        done=lambda wildcards: ancient(cell_done(attention_cell(wildcards.task))),
     output:
         f"{RESULTS}/attention/{{task}}.parquet",
     params:

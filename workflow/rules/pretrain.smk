@@ -7,27 +7,31 @@ use rule train as pretrain with:
     input:
         unpack(pretrain_inputs),
     output:
-        summary="results/pretrain/{pretrain}/summary.parquet",
-        curve="results/pretrain/{pretrain}/curve.parquet",
-        model="results/pretrain/{pretrain}/model.pt",
+        summary=f"{PRETRAIN_DIR}/{{pretrain}}/summary.parquet",
+        curve=f"{PRETRAIN_DIR}/{{pretrain}}/curve.parquet",
+        model=f"{PRETRAIN_DIR}/{{pretrain}}/model.pt",
     params:
         cell=lambda wildcards: fpt_grid.cell_args(GRID.pretrain_by_id(wildcards.pretrain)[1]),
         out=lambda wildcards, output: os.path.dirname(output.summary),
     log:
         "logs/pretrain/{pretrain}.log",
     benchmark:
-        "results/pretrain/{pretrain}/benchmark.tsv"
+        f"{PRETRAIN_DIR}/{{pretrain}}/benchmark.tsv"
     wildcard_constraints:
         pretrain=regex_of(pretrain_ids()),
     group:
         None
+    resources:
+        mem_mb=TRAIN.get("mem_mb", 4000),
+        runtime=lambda wildcards: train_runtime([GRID.pretrain_by_id(wildcards.pretrain)[1]]),
+        gpu=1 if TRAIN.get("device") == "cuda" else 0,
     # first: cells wait for them, and the pretraining is the longest chain of jobs
     priority: 10
 
 
 rule export_backbone:
     input:
-        model="results/pretrain/{pretrain}/model.pt",
+        model=f"{PRETRAIN_DIR}/{{pretrain}}/model.pt",
     output:
         directory("backbones/{name}-{pretrain}"),
     log:

@@ -1,0 +1,14 @@
+"""Train a pack's cells one after another in this one process (fpt_core/pack.py)."""
+import sys
+
+from fpt_core.pack import train_pack
+from fpt_core.train import Preempted
+
+# Uncaught errors go to the log too: sys.excepthook writes to sys.stderr.
+sys.stderr = sys.stdout = open(snakemake.log[0], "a", buffering=1)
+try:
+    failed = train_pack(snakemake.params.jobs)
+except Preempted as e:
+    sys.exit(128 + e.signum)
+if failed:
+    sys.exit(f"{len(failed)} of {len(snakemake.params.jobs)} cells failed: {', '.join(failed)}")
