@@ -19,6 +19,17 @@ min_version("8.0")
 # A --configfile replaces the default grid instead of being merged into it: Snakemake would
 # otherwise merge config/config.yaml's ablations and per-task settings into config/paper.yaml.
 if not workflow.overwrite_configfiles:
+    # Read strictly first: a YAML slip then gets a one-line error with its line number, where
+    # Snakemake's own reading says only "not valid JSON or YAML". (A --configfile is read by
+    # Snakemake before this file runs; `fpt plan --configfile FILE` names the line for it.)
+    from fpt_core.configfile import load_strict
+    from fpt_core.errors import ConfigError
+    from snakemake.exceptions import WorkflowError
+
+    try:
+        load_strict("config/config.yaml")
+    except ConfigError as error:
+        raise WorkflowError(str(error)) from None
 
     configfile: "config/config.yaml"
 

@@ -235,6 +235,20 @@ def test_bad_config_stops_before_any_job_with_one_line(tmp_path, change, message
     assert "rule train" not in errors
 
 
+def test_a_yaml_slip_in_the_default_config_names_its_line(tmp_path):
+    where = workdir(tmp_path)
+    path = where / "config" / "config.yaml"
+    lines = path.read_text().splitlines()
+    slip = next(i for i, line in enumerate(lines) if line.startswith("  threads:"))
+    lines[slip] = " " + lines[slip]
+    path.write_text("\n".join(lines) + "\n")
+    done = snakemake(where, "-n", check=False)
+    assert done.returncode != 0
+    found = re.search(r"config/config\.yaml, line (\d+): not valid YAML", done.stdout)
+    # YAML names the line where the slip stops making sense: the slipped one or the next
+    assert found and int(found[1]) in (slip + 1, slip + 2), done.stdout[-1500:]
+
+
 # ------------------------------------------------------------------------------ aggregation
 
 def write_cell(cells_dir: Path, cell_id: str, acc: float) -> None:
