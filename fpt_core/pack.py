@@ -36,10 +36,9 @@ def pack_name(cells: list) -> str:
 
 def make_packs(cells: Iterable, size: int, minutes: float | None = None,
                cost: Callable[[Any], float] | None = None) -> dict[str, list]:
-    """Group cells by PACK_KEY, then split each group into as few packs as keep at most `size`
-    cells and, with `minutes` and `cost` (a cell's estimated minutes), at most that much work
-    per pack. A group's cells are dealt round-robin so that its packs get alike mixes of tasks
-    (and alike run times), in the grid's order within each pack."""
+    """Group cells by PACK_KEY, then split each group into packs of at most `size` cells and,
+    with `minutes` and `cost` (a cell's estimated minutes), at most that much work each (a cell
+    that alone needs more gets a pack of its own). Each pack keeps the grid's order."""
     if size < 1:
         raise ValueError(f"pack size must be at least 1, not {size}")
     groups: dict[tuple, list] = {}
@@ -47,14 +46,30 @@ def make_packs(cells: Iterable, size: int, minutes: float | None = None,
         groups.setdefault(tuple(str(getattr(cell, k)) for k in PACK_KEY), []).append(cell)
     packs: dict[str, list] = {}
     for members in groups.values():
-        n = math.ceil(len(members) / size)
         if minutes and cost is not None:
-            n = max(n, math.ceil(sum(cost(c) for c in members) / minutes))
-        n = min(n, len(members))
-        for i in range(n):
-            chunk = members[i::n]
+            chunks = _fill(members, size, minutes, cost)
+        else:
+            # dealt round-robin: the packs of a group get alike mixes of tasks and run times
+            n = math.ceil(len(members) / size)
+            chunks = [members[i::n] for i in range(n)]
+        for chunk in chunks:
             packs[pack_name(chunk)] = chunk
     return packs
+
+
+def _fill(members: list, size: int, minutes: float, cost: Callable[[Any], float]) -> list[list]:
+    """First fit, longest cells first: few packs, none over `size` cells or `minutes`."""
+    order = {id(c): i for i, c in enumerate(members)}
+    bins: list[tuple[list, float]] = []
+    for cell in sorted(members, key=cost, reverse=True):
+        need = cost(cell)
+        for i, (chunk, total) in enumerate(bins):
+            if len(chunk) < size and total + need <= minutes:
+                bins[i] = (chunk + [cell], total + need)
+                break
+        else:
+            bins.append(([cell], need))
+    return [sorted(chunk, key=lambda c: order[id(c)]) for chunk, _ in bins]
 
 
 def pack_of(packs: dict[str, list]) -> dict[str, str]:

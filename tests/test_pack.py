@@ -47,7 +47,12 @@ def test_packs_are_balanced_named_by_their_cells_and_split_by_minutes():
     assert make_packs(grid, size=3).keys() == make_packs(list(grid), size=3).keys()
     assert make_packs(grid[:6], size=3).keys().isdisjoint(make_packs(grid, size=3).keys())
     by_time = make_packs(grid, size=7, minutes=100, cost=lambda cell: 40)  # 280 min of work
-    assert sorted(len(p) for p in by_time.values()) == [2, 2, 3]
+    assert sorted(len(p) for p in by_time.values()) == [1, 2, 2, 2]
+    minutes = {c.id: m for c, m in zip(grid, [500, 10, 20, 30, 40, 50, 60])}
+    mixed = make_packs(grid, size=3, minutes=100, cost=lambda cell: minutes[cell.id])
+    loads = sorted((len(p), sum(minutes[c.id] for c in p)) for p in mixed.values())
+    # longest first: 500 alone; 60+40; 50+30+20; 10 left over (no room by minutes or count)
+    assert loads == [(1, 10), (1, 500), (2, 100), (3, 100)], loads
     with pytest.raises(ValueError, match="at least 1"):
         make_packs(grid, size=0)
 

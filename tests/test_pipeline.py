@@ -161,6 +161,10 @@ def test_paper_grid_dry_run_lists_every_cell(tmp_path):
     shutil.copy(ROOT / "config" / "paper.yaml", where / "config" / "paper.yaml")
     out = snakemake(where, "-n", "--configfile", "config/paper.yaml").stdout
     assert trained(out) == len(cells) == len(train_cells(out))
+    assert max(pack_sizes(out)) <= cfg["train"]["pack_cells"]
+    # each job's Slurm time from its own estimate (runtime: auto), not one day for every job
+    runtimes = [int(m) for m in re.findall(r": train \d+ cells \([^)]*, (\d+) min\)", out)]
+    assert len(set(runtimes)) > 3 and min(runtimes) < 60 < max(runtimes) <= 7 * 24 * 60
     assert f"figures/paper/{next(reversed(cfg['ablations']))}.png" in out
 
 

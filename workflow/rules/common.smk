@@ -130,7 +130,8 @@ def unfinished_packs():
         return {}
     todo = [cell for cell_id, cell in GRID.cells.items() if not is_finished(cell_id)]
     minutes = TRAIN.get("pack_minutes")
-    cost = (lambda cell: fpt_plan.runtime_minutes(cell, GPU, GRID)) if minutes else None
+    rate = fpt_plan.StatedRate(GPU)
+    cost = (lambda cell: rate.seconds(fpt_plan.cell_work(cell, GRID))[0] / 60) if minutes else None
     return fpt_pack.make_packs(todo, size, minutes, cost)
 
 
@@ -157,7 +158,8 @@ def cell_name(cell_id):
 def pack_message(pack):
     cells = PACKS[pack]
     names = "; ".join(f"{cell_name(c.id)} [{c.id}]" for c in cells)
-    return f"train {len(cells)} cells ({cells[0].backbone}, {cells[0].init}): {names}"
+    return (f"train {len(cells)} cells ({cells[0].backbone}, {cells[0].init}, "
+            f"{train_runtime(cells)} min): {names}")
 
 
 def train_runtime(cells):
