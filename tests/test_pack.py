@@ -14,6 +14,7 @@ from fpt_core import results
 from fpt_core.cell import make_cell
 from fpt_core.grid import cell_args
 from fpt_core.pack import make_packs, pack_of, train_pack
+from fpt_core.smoke import write_tiny_backbones
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 TINY = {"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random", "steps": 6, "eval_every": 3, "eval_size": 20,
@@ -68,8 +69,13 @@ def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 
 def test_a_packed_run_gives_bitwise_the_results_of_one_process_per_cell(tmp_path):
-    grid = cells({"seed": 0}, {"seed": 1, "trainable": ["input", "positions", "layernorm", "attention", "feedforward", "output"]}, {"seed": 2, "trainable": ["output"]},
-                 {"seed": 3, "dropout": 0.0, "trainable": ["output"]})
+    # a directory backbone with real (tiny) pretrained weights: loaded once per pack, copied
+    backbone = str(write_tiny_backbones(tmp_path / "backbones", ["gpt2"])["gpt2"])
+    every_group = ["input", "positions", "layernorm", "attention", "feedforward", "output"]
+    grid = cells({"seed": 0}, {"seed": 1, "trainable": every_group},
+                 {"seed": 2, "trainable": ["output"]}, {"seed": 3, "dropout": 0.0, "trainable": ["output"]},
+                 *({"seed": s, "backbone": backbone, "init": init}
+                   for s, init in ((0, "pretrained"), (1, "pretrained"), (0, "statistics"))))
     code = ("import json, sys; from fpt_core.pack import train_pack; "
             "sys.exit(len(train_pack(json.load(open(sys.argv[1])))))")
     jobs = tmp_path / "jobs.json"

@@ -6,6 +6,7 @@ norm) and then by name, with the first matching rule winning.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import re
 from pathlib import Path
@@ -219,7 +220,25 @@ def hf_from_config(config) -> nn.Module:
     return fuse_activations(model.float())
 
 
+# The last pretrained model loaded, as loaded: a pack trains many cells of one backbone in one
+# process, and each gets a copy instead of reading the weights again.
+_LOADED: dict[tuple, nn.Module] = {}
+
+
 def hf_from_pretrained(source: str, backbone: str, **config_overrides) -> nn.Module:
+    key = (source, tuple(sorted(config_overrides.items())))
+    if key not in _LOADED:
+        before = torch.random.get_rng_state()
+        model = _load_pretrained(source, backbone, **config_overrides)
+        if not torch.equal(before, torch.random.get_rng_state()):
+            return model  # drew weights at random (e.g. a head absent from the checkpoint): a
+            # copy would carry the first cell's draw, so each cell loads its own
+        _LOADED.clear()
+        _LOADED[key] = model
+    return copy.deepcopy(_LOADED[key])
+
+
+def _load_pretrained(source: str, backbone: str, **config_overrides) -> nn.Module:
     from transformers import AutoModel
 
     try:

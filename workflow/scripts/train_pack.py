@@ -1,11 +1,16 @@
 """Train a pack's cells one after another in this one process (fpt_core/pack.py)."""
 import sys
 
+import torch
+
 from fpt_core.pack import train_pack
 from fpt_core.train import Preempted
 
 # Uncaught errors go to the log too: sys.excepthook writes to sys.stderr.
 sys.stderr = sys.stdout = open(snakemake.log[0], "a", buffering=1)
+# The job's threads, as `fpt train` gets them from OMP_NUM_THREADS: more than were reserved
+# make small matrix products wait on each other (and on other jobs' threads).
+torch.set_num_threads(snakemake.threads)
 try:
     failed = train_pack(snakemake.params.jobs)
 except Preempted as e:
