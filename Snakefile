@@ -35,12 +35,14 @@ if not workflow.overwrite_configfiles:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/cka_common.smk"
 include: "workflow/rules/backbones.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/cka.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -56,6 +58,8 @@ localrules:
     aggregate,
     attention_maps,
     draw_figures,
+    cka,
+    draw_cka,
 
 
 rule all:
@@ -63,3 +67,4 @@ rule all:
     input:
         f"{RESULTS}/aggregate.parquet",
         figure_targets(),
+        cka_targets(),

@@ -235,3 +235,119 @@ def cka_matrix(table: pd.DataFrame, a: str, b: str) -> np.ndarray:
     if here.empty:
         raise ValueError(f"cka_matrix: no pair ({a!r}, {b!r}); present: {pairs_of(table)}")
     return here.pivot(index="block_a", columns="block_b", values="cka").to_numpy()
+
+
+# ---------------------------------------------------------------- a study's figure (cka stage)
+
+
+def noise_floor(examples: int, width: int, seed: int = 0) -> float:
+    """CKA of two independent Gaussian representations of this size: what unrelated models
+    would score (the biased estimator is far from 0 unless examples >> width)."""
+    g = torch.Generator().manual_seed(seed)
+    return linear_cka(torch.randn(examples, width, generator=g),
+                      torch.randn(examples, width, generator=g))
+
+
+def same_block(table: pd.DataFrame) -> pd.DataFrame:
+    """Same-block CKA of every pair of different models: a row per pair, a column per block."""
+    same = table[(table["block_a"] == table["block_b"]) & (table["model_a"] != table["model_b"])]
+    pairs = same["model_a"] + " vs " + same["model_b"]
+    wide = same.assign(pair=pairs).pivot(index="pair", columns="block_a", values="cka")
+    wide = wide.loc[list(dict.fromkeys(pairs))]
+    wide.columns = [f"block {b}" for b in wide.columns]
+    wide.index.name = "pair"
+    return wide
+
+
+def last_block_matrix(table: pd.DataFrame) -> pd.DataFrame:
+    """Model x model CKA at the deepest block both models share (symmetric, 1 on the diagonal)."""
+    names = list(dict.fromkeys([*table["model_a"], *table["model_b"]]))
+    last = min(table["block_a"].max(), table["block_b"].max())
+    here = table[(table["block_a"] == last) & (table["block_b"] == last)]
+    grid = pd.DataFrame(np.nan, index=names, columns=names)
+    for a, b, value in zip(here["model_a"], here["model_b"], here["cka"]):
+        grid.loc[a, b] = grid.loc[b, a] = value
+    return grid
+
+
+def _floor_of(table: pd.DataFrame) -> float | None:
+    if "examples" not in table or "width" not in table or table.empty:
+        return None
+    return noise_floor(int(table["examples"].iloc[0]), int(table["width"].max()))
+
+
+def _depth_panel(ax, table: pd.DataFrame, task: str) -> None:
+    """Same-block CKA against depth: each modality against the first, and before vs after."""
+    modality = table[table["comparison"] == "modality"]
+    rows = pd.DataFrame()
+    if not modality.empty:
+        reference = modality["model_a"].iloc[0]
+        wide = same_block(modality)
+        rows = wide[wide.index.str.startswith(f"{reference} vs ")]
+    colors = sns.color_palette("colorblind", max(len(rows), 1))
+    for color, (pair, values) in zip(colors, rows.iterrows()):
+        ax.plot(range(len(values)), values.to_numpy(), marker="o", ms=3, color=color,
+                label=pair)
+    training = table[table["comparison"] == "training"]
+    if not training.empty:
+        for pair, values in same_block(training).iterrows():
+            ax.plot(range(len(values)), values.to_numpy(), "k--", marker="s", ms=3, label=pair)
+    floor = _floor_of(table)
+    if floor is not None:
+        ax.axhline(floor, color="grey", linestyle=":", linewidth=1, label="independent random")
+    ax.set_ylim(0, 1.05)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("block (0: input to block 1)")
+    ax.set_ylabel("same-block linear CKA")
+    ax.set_title(f"{task}: same block, by depth", fontsize="medium")
+    ax.legend(fontsize="x-small", loc="lower left")
+
+
+def _last_block_panel(ax, table: pd.DataFrame, task: str) -> None:
+    modality = table[table["comparison"] == "modality"]
+    grid = last_block_matrix(modality)
+    sns.heatmap(grid, ax=ax, vmin=0, vmax=1, cmap="magma", square=True, annot=True, fmt=".2f",
+                annot_kws={"fontsize": 7}, cbar_kws={"shrink": 0.8, "label": "linear CKA"})
+    ax.set_title(f"{task}: last block", fontsize="medium")
+    ax.tick_params(axis="x", rotation=35)
+    ax.tick_params(axis="y", rotation=0)
+
+
+def draw_cka_study(table: pd.DataFrame, png: str | Path, md: str | Path, title: str) -> None:
+    """A study's representation figure (per task: CKA by depth, and the models at the last
+    block) and its table (same-block CKA of every pair), from the cka stage's table."""
+    if table.empty:
+        raise ValueError("draw_cka_study: the CKA table is empty")
+    tasks = list(dict.fromkeys(table["task"]))
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4.3 * len(tasks) + 0.6), squeeze=False)
+    for (left, right), task in zip(axes, tasks):
+        here = table[table["task"] == task]
+        _depth_panel(left, here, task)
+        if (here["comparison"] == "modality").any():
+            _last_block_panel(right, here, task)
+        else:
+            right.set_visible(False)
+    fig.suptitle(textwrap.fill(title, width=100))
+    fig.tight_layout()
+    Path(png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    Path(md).write_text(study_markdown(table, title, tasks))
+
+
+def study_markdown(table: pd.DataFrame, title: str, tasks: list[str]) -> str:
+    floor = _floor_of(table)
+    lines = [f"# {title}", "",
+             "Linear CKA (Kornblith et al. 2019) between the hidden states (mean over tokens) of "
+             "two models at the same block, on the same held-out examples: 1 is the same "
+             "representation up to rotation and scale. *modality*: untrained FPTs whose frozen "
+             "blocks come from different pretraining, all given the same input layer. "
+             "*training*: one FPT before and after its input, positions and layer norms were "
+             "trained. Block 0 is the input to block 1."]
+    if floor is not None:
+        lines += ["", f"Two independent random representations of this size ({int(table['examples'].iloc[0])} "
+                  f"examples, width {int(table['width'].max())}) score about {floor:.2f}."]
+    for task in tasks:
+        lines += ["", f"## {task}", "", same_block(table[table["task"] == task]).to_markdown(
+            floatfmt=".3f")]
+    return "\n".join(lines) + "\n"

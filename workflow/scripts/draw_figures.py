@@ -11,7 +11,7 @@ for (name, spec), image, table in zip(snakemake.params.ablations.items(),
         snakemake.input.table, snakemake.input.curves, name, kind=spec["kind"],
         title=spec["title"], metric=snakemake.params.metric,
         reported_path=snakemake.params.reported, png=image, md=table,
-        thresholds=spec["thresholds"],
+        thresholds=spec["thresholds"], paper_notes=spec["paper_notes"],
     )
     print(f"{name}: {image}, {table}")
 for data, image in zip(snakemake.input.attention, snakemake.output.attention):
