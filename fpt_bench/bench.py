@@ -265,7 +265,7 @@ def trainer_step(model, optimizer, params, task, cell, device, step: int) -> flo
     """One step exactly as fpt_core.train.train_cell's loop takes it."""
     from fpt_core.train import LiveBatches, train_step
 
-    return train_step(LiveBatches(model, task, cell, device), optimizer, params, cell, device, step).item()
+    return train_step(LiveBatches(model, task, cell, device), optimizer, params, cell, device, step)[0].item()
 
 
 def reference_step(model, optimizer, spec, batch_size: int, rng, grad_clip: float, device) -> float:
@@ -440,7 +440,7 @@ def measure_output_only(s: Settings) -> list[dict]:
     def cached():
         start = state["cached"]
         for step in range(start, start + epoch):
-            train_step(cache, cached_opt, params, cell, s.device, step).item()
+            train_step(cache, cached_opt, params, cell, s.device, step)[0].item()
         state["cached"] += epoch
 
     timed = alternate({"baseline": recomputed, "ours": cached}, s.repeats, s.device)

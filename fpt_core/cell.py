@@ -77,8 +77,16 @@ class Cell:
         return cell_id(self)
 
 
+# What the code computes for a given cell. Bumped whenever a change to the code changes a cell's
+# numbers; part of every cell id, so results of an older protocol are never taken for new ones.
+# 2: output-only cells use cached features only without dropout; train accuracy as the paper's
+#    code measures it; random init at depth k keeps the first k blocks of the full model.
+PROTOCOL = 2
+
+
 def cell_id(cell: Cell) -> str:
-    blob = json.dumps(cell.identity(), sort_keys=True, separators=(",", ":"))
+    blob = json.dumps({**cell.identity(), "protocol": PROTOCOL}, sort_keys=True,
+                      separators=(",", ":"))
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 

@@ -6,10 +6,10 @@ readout tokens' final-norm hidden states) are computed once for the training spl
 held-out split and the train-accuracy sample, and the trainer's loop steps the output layer on
 those. The paper saw such epochs 500 to 2000 times faster.
 
-Features are computed in eval mode (no dropout) from unaugmented inputs, so caching applies to
-tasks with a fixed training split and no augmentation (can_cache). Training batches follow the
-task's own epoch order, so with dropout off the numbers equal the live path up to float
-rounding; with dropout on they differ as two seeds do.
+Features are computed in eval mode from unaugmented inputs, so caching applies only where that
+is what training would compute: no dropout, a fixed training split, no augmentation
+(can_cache). Training batches follow the task's own epoch order, so the numbers equal the live
+path up to float rounding. With dropout on (the paper's output-only rows) cells train live.
 """
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ EVAL_CHUNK = 4096  # cached features are small: evaluate them in large chunks
 
 
 def can_cache(cell, task) -> bool:
-    """Only the output layer trains, and the task has a fixed, unaugmented training split."""
-    return (cell.feature_cache and tuple(cell.trainable) == ("output",)
+    """Only the output layer trains, nothing below it is random (no dropout: the paper's code
+    trains output-only cells in train mode, dropout on), and the task has a fixed, unaugmented
+    training split: then cached features are exactly what the live path computes."""
+    return (cell.feature_cache and tuple(cell.trainable) == ("output",) and cell.dropout == 0
             and task.training_split() is not None and not task.augment)
 
 

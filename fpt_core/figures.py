@@ -183,11 +183,20 @@ def draw_train_test(a: Ablation) -> None:
         ax.legend(fontsize="small")
     _title(fig, title, note, pd.concat([test, train])["paper"].notna().any(), reported)
     _save(fig, png)
-    both = pd.concat([train.assign(label=train["label"] + " (train)"),
-                      test.assign(label=test["label"] + " (test)")])
-    order = [f"{label} ({split})" for label in labels for split in ("train", "test")]
-    what = ("Train and test accuracy (%), mean ± std over seeds, beside the paper's numbers."
-            + data_note(sources))
+    parts = [train.assign(label=train["label"] + " (train)"),
+             test.assign(label=test["label"] + " (test)")]
+    splits = ["train", "test"]
+    if "train_sample_acc" in rows and rows["train_sample_acc"].notna().any():
+        sample = summarize(rows, "train_sample_acc", None, suffix="-train-sample")
+        parts.append(sample.assign(label=sample["label"] + " (train sample)"))
+        splits = ["train", "train sample", "test"]
+    both = pd.concat(parts)
+    order = [f"{label} ({split})" for label in labels for split in splits]
+    what = ("Train and test accuracy (%), mean ± std over seeds, beside the paper's numbers. "
+            "Train is the paper's measure: accuracy on the batches trained on since the last "
+            "evaluation, in train mode (dropout on), as its code logs it and the figure shows. "
+            "Train sample is ours: a fixed sample of training examples scored like the test split "
+            "(eval mode)." + data_note(sources))
     md.write_text(markdown_table(both, order, tasks, title, note, what))
 
 

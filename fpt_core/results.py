@@ -33,12 +33,14 @@ STATUSES = ("finished", "diverged")
 
 SUMMARY_COLUMNS = (
     "cell_id", "status", "final_test_acc", "best_test_acc", "best_step", "train_acc",
+    "train_sample_acc", "protocol",
     "final_test_loss", "steps_done", "steps_to_threshold", "threshold_used",
     *(f"params_{g}" for g in GROUPS), "params_trainable", "params_total",
     "wall_time_s", "device", "torch_version", "transformers_version", "fpt_version",
     "finished_at",
 )
-CURVE_COLUMNS = ("cell_id", "step", "train_loss", "test_loss", "test_acc", "train_acc", "wall_time_s")
+CURVE_COLUMNS = ("cell_id", "step", "train_loss", "test_loss", "test_acc", "train_acc",
+                 "train_sample_acc", "wall_time_s")
 _MAGIC = b"FPTCKPT1"
 
 

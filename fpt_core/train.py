@@ -33,7 +33,7 @@ from tqdm import tqdm
 import fpt_core
 from fpt_core import results
 from fpt_core.backbones.base import GROUPS
-from fpt_core.cell import Cell, make_cell
+from fpt_core.cell import PROTOCOL, Cell, make_cell
 from fpt_core.features import CachedFeatures, can_cache
 from fpt_core.metrics import MetricsLog
 from fpt_core.model import autocast, build_model, param_counts
@@ -119,18 +119,20 @@ def evaluate(source, batches, cell: Cell, device: torch.device) -> tuple[float, 
     return (loss_sum / count).item(), correct.item() / count
 
 
-def train_step(source, optimizer, params, cell: Cell, device, step: int) -> torch.Tensor:
-    """One optimiser step on the batch of `step`; returns the loss (not synchronised)."""
+def train_step(source, optimizer, params, cell: Cell, device, step: int):
+    """One optimiser step on the batch of `step`; returns the loss, and the number of correct
+    predictions and of predictions on that batch (train mode, as trained: the paper's train
+    accuracy)."""
     torch.manual_seed(step_seed(cell.seed, step))  # dropout masks: a function of the step
     x, y = source.train_batch(step)
-    loss, _ = loss_and_correct(source, x, y, cell, device)
+    loss, correct = loss_and_correct(source, x, y, cell, device)
     if optimizer is not None:
         loss.backward()
         if cell.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cell.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+    return loss.detach(), correct, y.numel()
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -168,6 +170,7 @@ class _StopFlag:
 def new_state(cell: Cell) -> dict:
     return {
         "cell_id": cell.id, "step": 0, "curve": [], "loss_sum": 0.0, "loss_count": 0,
+        "correct_sum": 0, "predictions": 0,
         "best_test_acc": -1.0, "best_step": None, "status": "finished", "wall_time_s": 0.0,
     }
 
@@ -235,13 +238,16 @@ def _train(cell: Cell, out_dir: Path, progress: "Progress") -> pd.DataFrame:
     with _StopFlag() as stop, bar, metrics:
         while state["step"] < cell.steps and state["status"] == "finished":
             step = state["step"]
-            loss_value = train_step(source, optimizer, params, cell, device, step).item()
+            loss, correct, predictions = train_step(source, optimizer, params, cell, device, step)
+            loss_value = loss.item()
             if not math.isfinite(loss_value):
                 state["status"] = "diverged"
                 print(f"diverged at step {step}: loss {loss_value}", file=sys.stderr)
                 break
             state["loss_sum"] += loss_value
             state["loss_count"] += 1
+            state["correct_sum"] += int(correct)
+            state["predictions"] += predictions
             state["step"] = step + 1
             bar.update(1)
             if state["step"] % cell.eval_every == 0 or state["step"] == cell.steps:
@@ -266,12 +272,17 @@ def _train(cell: Cell, out_dir: Path, progress: "Progress") -> pd.DataFrame:
 def record_eval(state: dict, source, cell: Cell, device, started: float) -> dict:
     sets = source.eval_sets()
     test_loss, test_acc = evaluate(source, sets["test"], cell, device)
-    _, train_acc = evaluate(source, sets["train_sample"], cell, device)
+    _, sample_acc = evaluate(source, sets["train_sample"], cell, device)
     train_loss = state["loss_sum"] / max(state["loss_count"], 1)
+    # The paper's train accuracy: over the batches trained on since the last evaluation, in
+    # train mode (dropout, augmentation), as its code logs it. Ours beside it: a fixed training
+    # sample scored like the test split.
+    train_acc = state["correct_sum"] / max(state["predictions"], 1)
     state["loss_sum"], state["loss_count"] = 0.0, 0
+    state["correct_sum"], state["predictions"] = 0, 0
     row = {
         "step": state["step"], "train_loss": train_loss, "test_loss": test_loss,
-        "test_acc": test_acc, "train_acc": train_acc,
+        "test_acc": test_acc, "train_acc": train_acc, "train_sample_acc": sample_acc,
         "wall_time_s": time.perf_counter() - started,
     }
     state["curve"].append(row)
@@ -330,11 +341,13 @@ def finish(cell: Cell, state: dict, model, task, device, out_dir: Path, progress
         "best_test_acc": state["best_test_acc"] if state["best_step"] is not None else float("nan"),
         "best_step": state["best_step"],
         "train_acc": float(last["train_acc"]) if last is not None else float("nan"),
+        "train_sample_acc": float(last["train_sample_acc"]) if last is not None else float("nan"),
         "final_test_loss": float(last["test_loss"]) if last is not None else float("nan"),
         "steps_done": state["step"],
         "steps_to_threshold": int(reached.iloc[0]) if len(reached) else None,
         "threshold_used": threshold,
         "data_source": task.load().source,
+        "protocol": PROTOCOL,
         **{f"params_{g}": counts.get(g, 0) for g in GROUPS},
         "params_trainable": counts["trainable"],
         "params_total": counts["total"],

@@ -47,12 +47,14 @@ def test_output_only_on_cached_features_matches_the_live_path(tmp_path):
 
 
 def test_caching_applies_only_to_output_only_cells_with_a_fixed_split():
-    cell = make_cell(CELL)
+    cell = make_cell({**CELL, "dropout": 0.0})
+    with_dropout = make_cell({**CELL, "dropout": 0.1})  # the paper trains these live, in train mode
+    assert not can_cache(with_dropout, make_task(with_dropout))
     assert can_cache(cell, make_task(cell))
-    assert not can_cache(make_cell({**CELL, "feature_cache": False}), make_task(cell))
-    more = make_cell({**CELL, "trainable": "output,layernorm"})
+    assert not can_cache(make_cell({**CELL, "dropout": 0.0, "feature_cache": False}), make_task(cell))
+    more = make_cell({**CELL, "dropout": 0.0, "trainable": "output,layernorm"})
     assert not can_cache(more, make_task(more))
-    generated = make_cell({**CELL, "task": "bit-xor"})
+    generated = make_cell({**CELL, "dropout": 0.0, "task": "bit-xor"})
     assert not can_cache(generated, make_task(generated))
-    pooled = make_cell({**CELL, "task": "bit-xor", "n_train": 200})
+    pooled = make_cell({**CELL, "dropout": 0.0, "task": "bit-xor", "n_train": 200})
     assert can_cache(pooled, make_task(pooled))

@@ -221,3 +221,57 @@ def test_a_run_without_progress_bar_logs_a_line_per_evaluation(tmp_path, capsys)
     lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("step ")]
     assert [l.split()[1] for l in lines] == ["10/20", "20/20"]
     assert all("test acc" in l for l in lines)
+
+
+# ------------------------------------------------------------------ protocol (issue: paper's way)
+
+def test_train_accuracy_is_the_papers_mean_over_the_batches_trained_on(tmp_path):
+    """train_acc at an evaluation is the accuracy on the training batches since the previous
+    one, in train mode, as the paper's code logs it; train_sample_acc is our fixed sample."""
+    import torch as _torch
+
+    from fpt_core.cell import make_cell as _make
+    from fpt_core.model import build_model as _build
+    from fpt_core.tasks import make_task as _task
+    from fpt_core.train import train_cell as _train_cell
+
+    # lr tiny: the weights barely move, so the predictions are those of the initial model
+    cell = _make({"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random", "steps": 4,
+                  "eval_every": 2, "batch_size": 8, "eval_size": 40, "lr": 1e-12,
+                  "dropout": 0.0, "device": "cpu", "progress": False})
+    _train_cell(cell, tmp_path)
+    curve = pd.read_parquet(tmp_path / "curve.parquet")
+    task = _task(cell)
+    model = _build(cell, task.spec)
+    model.train()
+    with _torch.no_grad():
+        for row, steps in zip(curve.itertuples(), ((0, 1), (2, 3))):
+            right = total = 0
+            for step in steps:
+                _torch.manual_seed(train_mod.step_seed(cell.seed, step))  # as train_step does
+                x, y = task.train_batch(step, cell.batch_size)
+                right += int((model(x).argmax(-1) == y).sum())
+                total += y.numel()
+            assert row.train_acc == right / total
+    assert "train_sample_acc" in curve and curve["train_sample_acc"].between(0, 1).all()
+
+
+def test_output_only_cells_train_live_where_dropout_would_make_the_cache_inexact():
+    from fpt_core.cell import make_cell as _make
+    from fpt_core.features import can_cache
+    from fpt_core.tasks import make_task as _task
+
+    values = {"task": "digits", "backbone": "gpt2-tiny", "init": "random", "trainable": ["output"]}
+    with_dropout, without = _make({**values, "dropout": 0.1}), _make({**values, "dropout": 0.0})
+    assert not can_cache(with_dropout, _task(with_dropout))
+    assert can_cache(without, _task(without))
+
+
+def test_the_protocol_version_is_part_of_every_cell_id(monkeypatch):
+    from fpt_core import cell as cell_module
+
+    cell = cell_module.make_cell({"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random"})
+    before = cell.id
+    assert cell_module.make_cell(cell.to_dict()).id == before
+    monkeypatch.setattr(cell_module, "PROTOCOL", cell_module.PROTOCOL + 1)
+    assert cell.id != before
