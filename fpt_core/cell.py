@@ -26,7 +26,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 # Fields that say where, how often or how it is watched, not what is computed: they do not
 # enter the cell's identity, and the pipeline sets them once for every cell (config `train:`).
-NON_IDENTITY = ("data_dir", "checkpoint_every", "device", "progress", "feature_cache", "metrics")
+NON_IDENTITY = ("data_dir", "checkpoint_every", "device", "progress", "feature_cache", "metrics",
+                "precision_fallback")
 # Choices, field by field: the one place the allowed values live (the schema is tested against it).
 CHOICES = {"task": tuple(TASKS), "init": INITS, "precision": PRECISIONS, "device": DEVICES,
            "tokenizer": TOKENIZERS}
@@ -59,6 +60,8 @@ class Cell:
     progress: bool = True
     feature_cache: bool = True  # output-only cells train on frozen features computed once
     metrics: tuple[str, ...] = ("csv",)  # csv, tensorboard, wandb
+    # bf16 asked for on hardware without native bf16: refused, or with this, the fp32 cell
+    precision_fallback: bool = False
 
     def __post_init__(self) -> None:
         validate(self)

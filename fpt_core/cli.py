@@ -51,6 +51,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     from fpt_core.train import Preempted, train_cell
 
     cell, rest = _cell(ns.cell, ("out",))
+    cell = _native_precision(cell)
     out = rest.get("out") or f"runs/{cell.id}"
     try:
         summary = train_cell(cell, out)
@@ -65,6 +66,23 @@ def cmd_train(ns: argparse.Namespace) -> int:
         "steps_to_threshold": None if pd.isna(reached) else int(reached),
     }))
     return 0
+
+
+def _native_precision(cell):
+    """bf16 only where the device computes it natively: refused before training, or with
+    precision_fallback=true, the fp32 cell (another id), said in one line."""
+    if cell.precision != "bf16":
+        return cell
+    from fpt_core.cell import make_cell
+    from fpt_core.hardware import check_precision
+    from fpt_core.train import resolve_device
+
+    used = check_precision("bf16", resolve_device(cell.device), cell.precision_fallback)
+    if used == cell.precision:
+        return cell
+    print("precision: bf16 is not native here; training the fp32 cell (precision_fallback)",
+          file=sys.stderr)
+    return make_cell({**cell.to_dict(), "precision": used})
 
 
 def cmd_params(ns: argparse.Namespace) -> int:

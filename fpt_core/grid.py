@@ -41,7 +41,7 @@ TRAINABLE_ALIASES = {"all": list(GROUPS), "fpt": list(FPT_GROUPS)}
 # changing them neither changes a cell's id nor its job's parameters (and retrains nothing).
 RUN_FIELDS = NON_IDENTITY
 RUN_DEFAULTS = {"data_dir": "data", "checkpoint_every": 200, "device": "auto", "progress": False,
-                "feature_cache": True, "metrics": ["csv"]}
+                "feature_cache": True, "metrics": ["csv"], "precision_fallback": False}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from fpt_core.errors import ConfigError
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 BF16_ARM_FEATURE = "bf16"  # aarch64's BFMMLA/BFDOT (Graviton3, Neoverse V1/V2); no x86 flag is named so
 BF16_MIN_CAPABILITY = (8, 0)  # Ampere: the first bf16 tensor cores
-FALLBACK_HINT = "train: {precision_fallback: true}"
+FALLBACK_HINT = "train: {precision_fallback: true} in a config, precision_fallback=true to fpt train"
 
 
 def read_cpuinfo() -> str:
@@ -156,3 +156,22 @@ def levers(device: torch.device) -> dict:
     else:
         out["capability"] = ".".join(map(str, cuda_capability(device)))
     return out
+
+
+def pipeline_device(name: str) -> torch.device | None:
+    """The device a grid's jobs will run on, where this machine can tell: `cuda` only where a
+    GPU is visible (a cluster's login node often has none while its jobs get one)."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available() and name in ("cuda", "auto"):
+        return torch.device("cuda")
+    return torch.device("cpu") if name == "auto" else None
+
+
+def fall_back(values: dict, device: torch.device | None, allow_fallback: bool) -> dict:
+    """A resolved cell's values with its precision checked against `device` (None: unknown,
+    unchecked): bf16 where it is not native is refused (ConfigError naming `precision`), or
+    with allow_fallback becomes fp32, which is another cell with its own id."""
+    if device is None or values.get("precision") != "bf16":
+        return values
+    return {**values, "precision": check_precision("bf16", device, allow_fallback)}

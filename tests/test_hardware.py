@@ -1,3 +1,4 @@
+import pandas as pd
 import pytest
 import torch
 
@@ -96,3 +97,41 @@ def test_levers_report_what_this_machine_offers(monkeypatch):
     monkeypatch.setenv("CXX", "")
     monkeypatch.setenv("PATH", "")
     assert hardware.levers(CPU)["compile"] is False  # no compiler: inductor cannot build kernels
+
+
+# ------------------------------------------------------------ bf16 refused before any job
+
+NO_BF16 = {"avx2", "fma"}
+
+
+def test_a_bf16_cell_is_refused_or_falls_back_to_the_fp32_cell_before_training(monkeypatch, tmp_path, capsys):
+    from fpt_core import cli, hardware
+    from fpt_core.cell import make_cell
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda text=None: NO_BF16)
+    args = ["train", "task=bit-xor", "backbone=gpt2-tiny", "init=random", "precision=bf16",
+            "device=cpu", "steps=2", "eval_every=2", "eval_size=10", "progress=false"]
+    assert cli.main([*args, f"out={tmp_path / 'refused'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: precision: bf16 is not native on this CPU")
+    assert not (tmp_path / "refused").exists()
+
+    assert cli.main([*args, "precision_fallback=true", f"out={tmp_path / 'fp32'}"]) == 0
+    summary = pd.read_parquet(tmp_path / "fp32" / "summary.parquet").iloc[0]
+    fp32 = make_cell({k.split("=")[0]: k.split("=")[1] for k in args[1:]} | {"precision": "fp32"})
+    assert summary["precision"] == "fp32" and summary["cell_id"] == fp32.id
+    assert "training the fp32 cell" in capsys.readouterr().err
+
+
+def test_the_grid_refuses_bf16_where_it_is_not_native_unless_fallback_is_allowed(monkeypatch):
+    from fpt_core import hardware
+    from fpt_core.errors import ConfigError
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda text=None: NO_BF16)
+    cpu = hardware.pipeline_device("cpu")
+    with pytest.raises(ConfigError, match=r"^precision: bf16 is not native"):
+        hardware.fall_back({"precision": "bf16"}, cpu, allow_fallback=False)
+    assert hardware.fall_back({"precision": "bf16"}, cpu, allow_fallback=True) == {"precision": "fp32"}
+    assert hardware.fall_back({"precision": "bf16"}, None, allow_fallback=False) == {"precision": "bf16"}
+    monkeypatch.setattr(hardware, "cpu_flags", lambda text=None: NO_BF16 | {"amx_bf16"})
+    assert hardware.fall_back({"precision": "bf16"}, cpu, allow_fallback=False) == {"precision": "bf16"}

@@ -9,6 +9,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from fpt_core import grid as fpt_grid
+from fpt_core import hardware as fpt_hardware
 from fpt_core import pack as fpt_pack
 from fpt_core import plan as fpt_plan
 from fpt_core import smoke as fpt_smoke
@@ -37,7 +38,16 @@ try:
         config.update(smoke_settings)
         smoke_cell = partial(fpt_smoke.smoke_cell_values, backbones_dir=SMOKE_BACKBONES,
                              data_dir=config["train"]["data_dir"])
-    GRID = fpt_grid.build(config, adjust=smoke_cell if SMOKE else None)
+    # bf16 where the jobs' device computes it natively, else refused before any job (or, with
+    # train: precision_fallback, the fp32 cell instead)
+    run_device = fpt_hardware.pipeline_device(str(fpt_grid.run_settings(config)["device"]))
+    allow_fallback = bool(fpt_grid.run_settings(config)["precision_fallback"])
+
+    def adjust(values):
+        values = fpt_hardware.fall_back(values, run_device, allow_fallback)
+        return smoke_cell(values) if SMOKE else values
+
+    GRID = fpt_grid.build(config, adjust=adjust)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
