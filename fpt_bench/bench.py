@@ -7,20 +7,27 @@ repeat by repeat in one process and compares medians. One JSON object per line:
      "peak_mem_mb", ...}
 
 Measures:
-- step_throughput: the trainer's step on the model fpt_core.model.build_model gives a bf16 cell
-  (bf16 autocast, fused attention and GELU, frozen matrices stored in bf16, batches from the
-  task as torch tensors) against a step written the way the paper's code trains (fp32, eager
-  attention, HF's Python GELU, a batch built in NumPy each step, a loss.item() every step),
-  same weights, batch and frozen groups. GPT-2-small-shaped FPT, random weights, on the
-  cifar10 shape (64 tokens of 48) and bit-memory (120 tokens of 50, 1000 bits read from the
-  last 20 tokens).
-- mfu: the step's useful FLOPs per second (step_flops) over the peak of a large matrix product
-  in the same dtype, timed between the same repeats.
+- levers (first, always): what this hardware offers (fpt_core.hardware.levers: native bf16,
+  fused attention, a usable torch.compile) and the precision the measures run ours in.
+- step_throughput: the trainer's step on the model fpt_core.model.build_model gives a cell in
+  our fastest precision for this machine (bf16 where the hardware computes it natively: bf16
+  autocast, frozen matrices stored in bf16; else fp32), with fused attention and GELU and
+  batches from the task as torch tensors, against a step written the way the paper's code
+  trains (fp32, eager attention, HF's Python GELU, a batch built in NumPy each step, a
+  loss.item() every step), same weights, batch and frozen groups: the speed-up a user of this
+  machine gets. GPT-2-small-shaped FPT, random weights, on the cifar10 shape (64 tokens of 48)
+  and bit-memory (120 tokens of 50, 1000 bits read from the last 20 tokens).
+- mfu: the step's useful FLOPs per second (fpt_core.plan.model_flops) over the peak of a large
+  matrix product in the same dtype (torch.utils.benchmark), timed between the same repeats;
+  the paper-style step's fraction beside it.
 - output_only_epoch: an output-layer-only epoch on cached frozen features (fpt_core.features)
   against the trainer path that runs the backbone every step.
 - shared_backbone: cells at batch 4 that share one frozen backbone stepped together
   (fpt_bench.ensemble) against the same cells stepped one after another.
 - dry_run: `snakemake -n --configfile config/paper.yaml --quiet`, in seconds.
+
+A measure this machine cannot take quickly is not taken: a line with "skipped" says why (bf16
+where it is emulated, compiling on a CPU under --quick, a --quick budget already spent).
 """
 from __future__ import annotations
 
@@ -28,23 +35,31 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils import benchmark
+
+from fpt_core import hardware
+from fpt_core.plan import model_flops, step_flops  # noqa: F401 (bench.step_flops: one FLOP count)
 
 MEASURES = ("step", "mfu", "output_only", "shared", "dry_run")
 TARGETS = {"step_throughput": 3.0, "mfu": 0.35, "output_only_epoch": 100.0,
            "shared_backbone": 2.0, "dry_run": 10.0}
+QUICK_BUDGET_S = 95.0  # --quick: imports, a build overrunning its share and a loaded machine fit in 2 min
+# Relative cost of each --quick job, for its share of the budget left when it starts.
+WEIGHTS = {"step_throughput": 3.0, "output_only_epoch": 1.5, "shared_backbone": 1.0, "dry_run": 2.0}
+EMULATED_BF16 = "emulated, several times slower than fp32"
+MIN_JOB_S = 5.0  # --quick starts a job only with this many seconds per unit of its weight left
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,8 @@ class Settings:
     n_cells: int  # cells in the shared-backbone measure
     device: torch.device
     compile: bool
+    precision: str  # ours: the fastest this device computes (fastest_precision)
+    budget: "Budget | None" = None  # --quick only
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -80,12 +97,47 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> Settings:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
+    common = {"device": device, "compile": args.compile, "precision": fastest_precision(device)}
     if args.tiny:
-        return Settings("gpt2-tiny", None, args.repeats or 2, 1, 64, 2, device, args.compile)
+        return Settings("gpt2-tiny", None, args.repeats or 2, 1, 64, 2, **common)
     depth = args.depth if args.depth is not None else (3 if args.quick else None)
     if args.quick:
-        return Settings("gpt2", depth, args.repeats or 3, 1, 128, 4, device, args.compile)
-    return Settings("gpt2", depth, args.repeats or 5, 2, 512, 4, device, args.compile)
+        return Settings("gpt2", depth, args.repeats or 3, 1, 64, 4, **common,
+                        budget=Budget(QUICK_BUDGET_S))
+    return Settings("gpt2", depth, args.repeats or 5, 2, 512, 4, **common)
+
+
+def fastest_precision(device: torch.device) -> str:
+    """bf16 where the hardware multiplies in it; elsewhere emulated bf16 loses to fp32."""
+    return "bf16" if hardware.native_bf16(device) else "fp32"
+
+
+class Budget:
+    """--quick's wall clock: each job gets its weight's share of the time left when it starts,
+    and a job that starts after the budget is spent is skipped with a line saying so."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.start = time.perf_counter()
+        self.weights: list[float] = []  # of the jobs not yet started, the next one first
+        self.until: float | None = None  # perf_counter time by which the current job should end
+
+    def left(self) -> float:
+        return self.start + self.seconds - time.perf_counter()
+
+    def begin(self) -> None:
+        share = self.weights[0] / sum(self.weights) if self.weights else 1.0
+        self.weights = self.weights[1:]
+        self.until = time.perf_counter() + max(self.left(), 0.0) * share
+
+
+def until(s: Settings) -> float | None:
+    return s.budget.until if s.budget is not None else None
+
+
+def time_left(s: Settings) -> float | None:
+    """Seconds until the current job should end (at least MIN_JOB_S), or None: no budget."""
+    return None if s.budget is None else max(s.budget.until - time.perf_counter(), MIN_JOB_S)
 
 
 # ---------------------------------------------------------------- memory and timing
@@ -119,11 +171,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def alternate(contenders: dict, repeats: int, device: torch.device) -> dict[str, dict]:
-    """Run each contender once to warm up, then in turn `repeats` times: median seconds and peak MB."""
+def alternate(contenders: dict, repeats: int, device: torch.device,
+              until: float | None = None) -> dict[str, dict]:
+    """Run each contender once to warm up, then in turn `repeats` times (fewer where a round
+    would end after `until`, at least one): median seconds and peak MB.
+
+    A training step is too long for torch.utils.benchmark.Timer's own loops (timeit warms up
+    twice per call, blocked_autorange once), and on a shared machine only contenders taken in
+    turn see the same load, so the turns are taken here."""
+    start = time.perf_counter()
     for run in contenders.values():
         run()
     sync(device)
+    if until is not None:
+        round_s = time.perf_counter() - start
+        repeats = max(1, min(repeats, int((until - time.perf_counter()) / max(round_s, 1e-9))))
     times = {name: [] for name in contenders}
     peaks = {name: 0.0 for name in contenders}
     for _ in range(repeats):
@@ -136,94 +198,32 @@ def alternate(contenders: dict, repeats: int, device: torch.device) -> dict[str,
             times[name].append(time.perf_counter() - start)
             peaks[name] = max(peaks[name], peak_mb(device))
     return {name: {"s": statistics.median(times[name]), "all_s": [round(t, 4) for t in times[name]],
-                   "peak_mb": peaks[name]} for name in contenders}
+                   "times": times[name], "peak_mb": peaks[name]} for name in contenders}
 
 
 def device_label(device: torch.device) -> str:
+    name = hardware.machine_name(device)
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    amx = " AMX" if _cpu_flag("amx_bf16") else ""
-    return f"cpu ({cpu}{amx}, {torch.get_num_threads()} threads)"
+        return name
+    bf16 = "native bf16" if hardware.native_bf16(device) else "no native bf16"
+    return f"cpu ({name}, {bf16}, {torch.get_num_threads()} threads)"
 
 
-def _cpu_flag(flag: str) -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and flag in line.split() for line in f)
-    except OSError:
-        return False
+# ---------------------------------------------------------------- matmul peak
 
-
-# ---------------------------------------------------------------- FLOPs
-
-def step_flops(*, batch: int, tokens: int, hidden: int, ff: int, layers: int, input_dim: int,
-               input_kind: str, n_readout: int, out_per_token: int, trainable) -> dict[str, int]:
-    """Matmul FLOPs of one training step, counted from the shapes (2 per multiply-add).
-
-    Forward: input layer, per block the q/k/v and output projections (8 B T d^2), the attention
-    scores and their weighted sum (4 B T^2 d), the MLP (4 B T d f), and the output layer on the
-    readout tokens. Backward: the output layer's weight and input gradients; when anything
-    below the output layer trains, each block's activation gradients (one product per weight
-    matrix, two per attention product) plus weight gradients only for trainable block weights;
-    the input layer's weight gradient when it trains. Norms, softmax and elementwise work are
-    not counted.
-    """
-    trainable = set(trainable)
-    bt = batch * tokens
-    attn_proj = 8 * bt * hidden * hidden
-    attn_scores = 4 * batch * tokens * tokens * hidden
-    mlp = 4 * bt * hidden * ff
-    inp = 2 * bt * input_dim * hidden if input_kind == "vector" else 0
-    out = 2 * batch * n_readout * hidden * out_per_token
-    forward = inp + layers * (attn_proj + attn_scores + mlp) + out
-    below_output = trainable - {"output"}
-    backward = out if "output" in trainable else 0
-    if below_output:
-        backward += out  # the gradient reaching the final hidden states
-        backward += layers * (attn_proj + 2 * attn_scores + mlp)
-        backward += layers * (attn_proj * ("attention" in trainable) + mlp * ("feedforward" in trainable))
-        backward += inp * ("input" in trainable)
-    return {"forward": forward, "backward": backward, "total": forward + backward}
-
-
-def model_flops(model, batch: int) -> dict[str, int]:
-    """step_flops for an FPT on an HF transformer backbone, read from its config and spec."""
-    config = model.backbone.model.config
-    hidden = config.hidden_size
-    ff = getattr(config, "n_inner", None) or getattr(config, "intermediate_size", None) or 4 * hidden
-    spec = model.spec
-    trainable = [g for g, params in model.named_groups().items() if any(p.requires_grad for _, p in params)]
-    return step_flops(batch=batch, tokens=spec.n_tokens, hidden=hidden, ff=ff,
-                      layers=config.num_hidden_layers, input_dim=spec.input_dim,
-                      input_kind=spec.input_kind, n_readout=spec.n_readout,
-                      out_per_token=spec.n_predictions // spec.n_readout * spec.n_classes,
-                      trainable=trainable)
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, tries: int = 5):
-    """(run, best): each run times `tries` n x n x n products (2 n^3 FLOPs each) and appends
-    the fastest to best, since a peak is what the hardware reaches when nothing interferes."""
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, min_run_time: float = 0.2):
+    """(run, seconds): each run times n x n x n products (2 n^3 FLOPs each) with
+    torch.utils.benchmark's blocked_autorange on this process's threads, and appends the
+    median seconds of one product to `seconds`."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    best: list[float] = []
+    timer = benchmark.Timer("a @ b", globals={"a": a, "b": b}, num_threads=torch.get_num_threads())
+    seconds: list[float] = []
 
     def run():
-        times = []
-        for _ in range(tries):
-            sync(device)
-            start = time.perf_counter()
-            a @ b
-            sync(device)
-            times.append(time.perf_counter() - start)
-        best.append(min(times))
+        seconds.append(timer.blocked_autorange(min_run_time=min_run_time).median)
 
-    return run, best
+    return run, seconds
 
 
 # ---------------------------------------------------------------- tasks and steps
@@ -298,7 +298,7 @@ def bench_cell(s: Settings, task: str, **overrides):
     from fpt_core.cell import make_cell
 
     values = {"task": task, "backbone": s.backbone, "init": "random", "depth": s.depth,
-              "batch_size": 16, "precision": "bf16", "progress": False,
+              "batch_size": 16, "precision": s.precision, "progress": False,
               "device": s.device.type, **overrides}
     return make_cell(values)
 
@@ -363,32 +363,46 @@ def measure_step(s: Settings, shape: str, with_mfu: bool) -> list[dict]:
             reference_step(ref, ref_opt, spec, ref_cell.batch_size, rng, ref_cell.grad_clip, s.device)
 
     n = 8192 if s.device.type == "cuda" else (512 if s.backbone == "gpt2-tiny" else 2048)
-    peak_fn, peak_best = matmul_peak(s.device, torch.bfloat16, n)
+    dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
+    peak_fn, peak_seconds = matmul_peak(s.device, dtype, n)
     contenders = {"baseline": ref_steps, "ours": ours_steps}
     if with_mfu:
         contenders["peak"] = peak_fn
-    timed = alternate(contenders, s.repeats, s.device)
+    timed = alternate(contenders, s.repeats, s.device, until(s))
     common = {"device": device_label(s.device), "shape": shape, "model": describe(s, ours),
-              "batch": ours_cell.batch_size, "repeats": s.repeats, "steps_per_repeat": s.steps}
+              "batch": ours_cell.batch_size, "repeats": len(timed["ours"]["all_s"]),
+              "steps_per_repeat": s.steps}
     ours_rate, ref_rate = s.steps / timed["ours"]["s"], s.steps / timed["baseline"]["s"]
     lines = [line(
-        "step_throughput", dtype="bf16 vs fp32", ours=ours_rate, baseline=ref_rate, unit="steps/s",
+        "step_throughput", dtype=f"{s.precision} vs fp32", ours=ours_rate, baseline=ref_rate,
+        unit="steps/s",
         peak=max(timed["ours"]["peak_mb"], timed["baseline"]["peak_mb"]),
         peak_mem_mb_ours=timed["ours"]["peak_mb"], peak_mem_mb_baseline=timed["baseline"]["peak_mb"],
         attention=f"{ours_attention} vs eager", times_s=timed["ours"]["all_s"],
         baseline_times_s=timed["baseline"]["all_s"], compiled=s.compile, **common)]
     if with_mfu:
         flops = model_flops(ours, ours_cell.batch_size)
-        achieved = flops["total"] * ours_rate
-        peak = 2 * n**3 / statistics.median(peak_best[1:])  # the first run was the warm-up
+        peaks = peak_seconds[1:]  # the first run was the warm-up
+        peak = 2 * n**3 / statistics.median(peaks)
         lines.append(line(
-            "mfu", dtype="bf16", ours=achieved / 1e12, baseline=peak / 1e12, unit="TFLOP/s",
-            peak=timed["ours"]["peak_mb"], flops_per_step=flops["total"],
+            "mfu", dtype=s.precision, ours=flops["total"] * ours_rate / 1e12, baseline=peak / 1e12,
+            unit="TFLOP/s", peak=timed["ours"]["peak_mb"], flops_per_step=flops["total"],
             flops_forward=flops["forward"], flops_backward=flops["backward"],
-            peak_matmul=f"{n}x{n}x{n} bf16", **common))
+            fraction=paired_fraction(flops["total"] * s.steps, timed["ours"]["times"], n, peaks),
+            baseline_fraction=paired_fraction(flops["total"] * s.steps, timed["baseline"]["times"],
+                                              n, peaks),
+            peak_matmul=f"{n}x{n}x{n} {s.precision}", **common))
     del ours, ref, run_ours, ours_opt, ref_opt
     gc.collect()
     return lines
+
+
+def paired_fraction(flops: int, step_times: list[float], n: int, peak_times: list[float]) -> float:
+    """Median over repeats of the step's FLOP/s over the peak timed in the same repeat: on a
+    shared machine the load changes between repeats, and a peak from a quieter moment than
+    the step would understate the fraction (or overstate it, past 1)."""
+    return significant(statistics.median(
+        (flops / t) / (2 * n**3 / p) for t, p in zip(step_times, peak_times)), 4)
 
 
 def real_task(cell):
@@ -443,7 +457,7 @@ def measure_output_only(s: Settings) -> list[dict]:
             train_step(cache, cached_opt, params, cell, s.device, step)[0].item()
         state["cached"] += epoch
 
-    timed = alternate({"baseline": recomputed, "ours": cached}, s.repeats, s.device)
+    timed = alternate({"baseline": recomputed, "ours": cached}, s.repeats, s.device, until(s))
     build_s, label = cache.build_s, describe(s, model)
     del model, cache
     gc.collect()
@@ -454,7 +468,7 @@ def measure_output_only(s: Settings) -> list[dict]:
         peak_mem_mb_ours=timed["ours"]["peak_mb"], peak_mem_mb_baseline=timed["baseline"]["peak_mb"],
         device=device_label(s.device), shape="cifar10", model=label,
         n_train=s.n_train, steps_per_epoch=epoch, cache_build_s=round(build_s, 4),
-        repeats=s.repeats)]
+        repeats=len(timed["ours"]["all_s"]))]
 
 
 def measure_shared(s: Settings, shape: str) -> list[dict]:
@@ -486,7 +500,8 @@ def measure_shared(s: Settings, shape: str) -> list[dict]:
             group.train_step(xs, ys).tolist()
         counter["together"] += s.steps
 
-    timed = alternate({"baseline": one_after_another, "ours": together}, s.repeats, s.device)
+    timed = alternate({"baseline": one_after_another, "ours": together}, s.repeats, s.device,
+                      until(s))
     cell_steps = s.n_cells * s.steps
     out = line(
         "shared_backbone", dtype=cells[0].precision, ours=cell_steps / timed["ours"]["s"],
@@ -494,7 +509,7 @@ def measure_shared(s: Settings, shape: str) -> list[dict]:
         peak=max(timed["ours"]["peak_mb"], timed["baseline"]["peak_mb"]),
         peak_mem_mb_ours=timed["ours"]["peak_mb"], peak_mem_mb_baseline=timed["baseline"]["peak_mb"],
         device=device_label(s.device), shape=shape, model=describe(s, models[0]), batch=4,
-        cells=s.n_cells, repeats=s.repeats)
+        cells=s.n_cells, repeats=len(timed["ours"]["all_s"]))
     del built, models, group
     gc.collect()
     return [out]
@@ -510,7 +525,7 @@ class Offset:
         return self.pool.train_batch(step + self.k, batch_size)
 
 
-def measure_dry_run(workdir: Path) -> list[dict]:
+def measure_dry_run(workdir: Path, limit_s: float | None = None) -> list[dict]:
     base = {"measure": "dry_run", "device": device_label(torch.device("cpu")), "dtype": None,
             "baseline": None, "ratio": None, "unit": "s", "target": TARGETS["dry_run"]}
     missing = [f for f in ("Snakefile", "config/paper.yaml") if not (workdir / f).is_file()]
@@ -526,6 +541,12 @@ def measure_dry_run(workdir: Path) -> list[dict]:
         while proc.poll() is None:  # the child's own high-water mark; rusage would count the fork
             peak = max(peak, child_hwm_mb(proc.pid))
             time.sleep(0.05)
+            if limit_s is not None and time.perf_counter() - start > limit_s:
+                proc.kill()
+                proc.wait()
+                return [{**base, "ours": None, "met": False, "peak_mem_mb": round(peak, 1),
+                         "skipped": f"not done in {limit_s:.0f} s, the --quick budget left; "
+                                    "run without --quick"}]
         seconds = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         log.seek(0)
@@ -564,10 +585,50 @@ def significant(x: float, digits: int = 6) -> float:
     return float(f"{x:.{digits}g}")
 
 
-def error_line(measure: str, device: torch.device, err: Exception) -> dict:
+def info_line(measure: str, device: torch.device, **extra) -> dict:
+    """A line with every key of a measure's line but no ratio: a report, a skip or an error."""
     return {"measure": measure, "device": device_label(device), "dtype": None, "ours": None,
             "baseline": None, "ratio": None, "unit": None, "target": TARGETS.get(measure),
-            "met": False, "peak_mem_mb": None, "error": f"{type(err).__name__}: {err}"[:500]}
+            "met": False, "peak_mem_mb": None, **extra}
+
+
+def error_line(measure: str, device: torch.device, err: Exception) -> dict:
+    return info_line(measure, device, error=f"{type(err).__name__}: {err}"[:500])
+
+
+def levers_line(s: Settings) -> dict:
+    return info_line("levers", s.device, met=None, precision=s.precision,
+                     **{k: v for k, v in hardware.levers(s.device).items() if k != "device"})
+
+
+def skips(s: Settings) -> tuple[Settings, list[dict]]:
+    """The settings without what cannot be measured quickly here, and a line for each such."""
+    lines = []
+    if s.precision != "bf16":
+        lines.append(info_line(
+            "step_throughput", s.device, dtype="bf16 vs fp32",
+            skipped=f"bf16 is not native on this {s.device.type}: {EMULATED_BF16}; every "
+                    f"measure runs ours in fp32, the fastest precision here"))
+    why = None
+    if s.compile and not hardware.compile_usable(s.device):
+        why = "torch.compile cannot generate code here (no C++ compiler, or no triton on a GPU)"
+    elif s.compile and s.budget is not None and s.device.type == "cpu":
+        why = ("compiling takes 30-100 s on a CPU, over the --quick budget; "
+               "run without --quick to measure it")
+    if why:
+        lines.append(info_line("step_throughput", s.device, dtype=f"{s.precision} compiled",
+                               skipped=why))
+        s = replace(s, compile=False)
+    return s, lines
+
+
+def over_budget(s: Settings, measure: str) -> dict | None:
+    """A skip line where too little of the --quick budget is left to start `measure`."""
+    if s.budget is None or s.budget.left() >= MIN_JOB_S * WEIGHTS[measure]:
+        return None
+    spent = time.perf_counter() - s.budget.start
+    return info_line(measure, s.device, skipped=f"the --quick budget of {s.budget.seconds:.0f} s "
+                     f"is spent ({spent:.0f} s so far on this machine); run without --quick")
 
 
 def plan(s: Settings, only: set[str], workdir: Path):
@@ -583,7 +644,7 @@ def plan(s: Settings, only: set[str], workdir: Path):
         for shape in ("cifar10", "bit-xor"):
             jobs.append(("shared_backbone", lambda shape=shape: measure_shared(s, shape)))
     if "dry_run" in only:
-        jobs.append(("dry_run", lambda: measure_dry_run(workdir)))
+        jobs.append(("dry_run", lambda: measure_dry_run(workdir, time_left(s))))
     return jobs
 
 
@@ -604,23 +665,34 @@ def main(argv: list[str]) -> int:
     if threads:
         torch.set_num_threads(threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    s = settings_from(args)
+    s, skipped = skips(settings_from(args))
+    jobs = plan(s, only, Path(args.workdir))
+    if s.budget is not None:
+        s.budget.weights = [WEIGHTS[name] for name, _ in jobs]
     out = open(args.out, "w") if args.out else None
     failed = False
     try:
-        for name, job in plan(s, only, Path(args.workdir)):
+        emit([levers_line(s), *skipped], out)
+        for name, job in jobs:
+            late = over_budget(s, name)
+            if s.budget is not None:
+                s.budget.begin()
             try:
-                lines = job()
+                lines = [late] if late else job()
             except Exception as err:  # one failing measure must not hide the others
                 failed = True
                 lines = [error_line(name, s.device, err)]
-            for ln in lines:
-                text = json.dumps(ln)
-                print(text, flush=True)
-                if out:
-                    out.write(text + "\n")
-                    out.flush()
+            emit(lines, out)
     finally:
         if out:
             out.close()
     return 1 if failed else 0
+
+
+def emit(lines: list[dict], out) -> None:
+    for ln in lines:
+        text = json.dumps(ln)
+        print(text, flush=True)
+        if out:
+            out.write(text + "\n")
+            out.flush()

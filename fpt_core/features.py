@@ -7,9 +7,11 @@ held-out split and the train-accuracy sample, and the trainer's loop steps the o
 those. The paper saw such epochs 500 to 2000 times faster.
 
 Features are computed in eval mode from unaugmented inputs, so caching applies only where that
-is what training would compute: no dropout, a fixed training split, no augmentation
-(can_cache). Training batches follow the task's own epoch order, so the numbers equal the live
-path up to float rounding. With dropout on (the paper's output-only rows) cells train live.
+is what training would compute: no dropout, a fixed training split, no augmentation, and
+features that do not depend on an example's batch-mates (remote homology padded to each batch's
+longest sequence) (can_cache). Training batches follow the task's own epoch order, so the
+numbers equal the live path up to float rounding. With dropout on (the paper's output-only
+rows) cells train live.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ def can_cache(cell, task) -> bool:
     trains output-only cells in train mode, dropout on), and the task has a fixed, unaugmented
     training split: then cached features are exactly what the live path computes."""
     return (cell.feature_cache and tuple(cell.trainable) == ("output",) and cell.dropout == 0
-            and task.training_split() is not None and not task.augment)
+            and task.training_split() is not None and not task.augment
+            and not task.batch_dependent)
 
 
 @torch.no_grad()

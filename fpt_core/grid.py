@@ -280,8 +280,10 @@ def run_settings(config: dict) -> dict[str, Any]:
 
 
 def run_args(config: dict) -> str:
-    """`key=value` arguments for the RUN_FIELDS, the same for every cell."""
-    return " ".join(shlex.quote(f"{k}={_arg(v)}") for k, v in run_settings(config).items())
+    """`key=value` arguments for the RUN_FIELDS, the same for every cell. Not the precision
+    fallback: the grid decides it when it builds the cells (a job's cell id is fixed by then)."""
+    return " ".join(shlex.quote(f"{k}={_arg(v)}") for k, v in run_settings(config).items()
+                    if k != "precision_fallback")
 
 
 def cell_args(cell) -> str:

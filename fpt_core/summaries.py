@@ -35,11 +35,15 @@ def paper_entry(reported: pd.DataFrame | None, experiment: str, row: str, task: 
     return float(hit["value"].iloc[0]), "" if pd.isna(note) else str(note)
 
 
+# Notes that qualify a number from the row's own setting rather than name another setting.
+CAVEATS = ("diverged", "unverified", "rescaled", "trained params")
+
+
 def comparable(note: str) -> bool:
-    """A paper number from the same setting as the row: no note, or a diverged run's last value.
-    Others (another model size, a number quoted from LRA or TAPE, a 3-layer model) are shown
-    apart, as context."""
-    return note == "" or note.startswith("diverged") or note == "unverified"
+    """A paper number from the same setting as the row: no note, or a caveat (a diverged run's
+    last value, the homology rescale, how the paper counted parameters). Others (another model
+    size, a number quoted from LRA or TAPE, a 3-layer model) are shown apart, as context."""
+    return note == "" or note.startswith(CAVEATS)
 
 
 def chance(task: str) -> float | None:
@@ -151,7 +155,9 @@ def _cell_text(r: pd.Series, digits: int = 1) -> str:
 def _paper_text(value: float, note: str, digits: int = 1) -> str:
     if math.isnan(value):
         return "–"
-    return f"{value:.{digits}f}" if comparable(note) else f"({value:.{digits}f}: {note})"
+    if not comparable(note):
+        return f"({value:.{digits}f}: {note})"
+    return f"{value:.{digits}f}" + (f" [{note}]" if note else "")  # a caveat stays visible
 
 
 def markdown_table(summary: pd.DataFrame, labels: list[str], tasks: list[str],

@@ -213,3 +213,38 @@ def test_a_random_backbone_cut_to_depth_k_is_the_first_k_blocks_of_the_whole_one
     for name, p in whole.named_parameters():
         if name in mine:
             assert torch.equal(p, mine[name]), name
+
+
+def test_plain_random_init_draws_gpt2s_output_projections_at_002_as_the_papers_transformers():
+    from transformers import GPT2Config
+
+    from fpt_core.backbones import registry
+
+    # Wider than gpt2-tiny so the spread of one draw is measured to a few per cent.
+    wide = registry.BackboneSpec("wide-gpt2", "hf", "test", lambda: GPT2Config(
+        n_layer=8, n_embd=256, n_head=4, n_positions=64, vocab_size=16))
+    registry.BACKBONES["wide-gpt2"] = wide
+    try:
+        scaled = dict(build_backbone("wide-gpt2", "random", seed=1).named_parameters())
+        plain = dict(build_backbone("wide-gpt2", "random", seed=1, random_init="plain").named_parameters())
+    finally:
+        del registry.BACKBONES["wide-gpt2"]
+    projections = [n for n in plain if n.endswith("c_proj.weight")]
+    assert len(projections) == 16
+    for name in projections:
+        assert abs(plain[name].std().item() - 0.02) < 0.001, name
+        assert abs(scaled[name].std().item() - 0.02 / 4) < 0.0003, name  # 0.02 / sqrt(2 x 8)
+    for name in plain.keys() - set(projections):
+        assert torch.equal(plain[name], scaled[name]), name  # only the projections are redrawn
+
+
+def test_random_init_is_taken_from_the_cell():
+    from fpt_core.cell import make_cell
+    from fpt_core.tasks import make_spec
+
+    values = {"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random"}
+    plain = make_cell({**values, "random_init": "plain"})
+    model = build_model(plain, make_spec(plain))
+    weight = model.backbone.model.h[0].mlp.c_proj.weight
+    default = build_model(make_cell(values), make_spec(plain)).backbone.model.h[0].mlp.c_proj.weight
+    assert weight.std() > 1.6 * default.std()  # 0.02 vs 0.02 / sqrt(2 x 2)

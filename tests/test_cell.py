@@ -52,3 +52,46 @@ def test_bad_values_name_the_key(values, key):
         make_cell({"backbone": "gpt2-tiny", "init": "random", **values})
     message = str(e.value)
     assert message.startswith(f"{key}:") and "\n" not in message
+
+
+# ------------------------------------------------------------------ the paper's switches (issue 10)
+
+@pytest.mark.parametrize("key, value", [("padding", "middle"), ("homology_long", "keep"),
+                                        ("random_init", "xavier")])
+def test_the_papers_switches_refuse_other_values_in_one_line(key, value):
+    with pytest.raises(ConfigError) as e:
+        make_cell({"task": "remote-homology", "backbone": "gpt2-tiny", "init": "random", key: value})
+    message = str(e.value)
+    assert message.startswith(f"{key}:") and "allowed:" in message and "\n" not in message
+
+
+def test_a_switch_at_its_default_keeps_the_id_a_cell_had_before_it_existed():
+    import hashlib
+    import json
+
+    from fpt_core.cell import NON_IDENTITY, PROTOCOL, SWITCHES
+
+    cell = make_cell({"task": "remote-homology", "backbone": "gpt2-tiny", "init": "random"})
+    before = {k: v for k, v in cell.to_dict().items() if k not in NON_IDENTITY and k not in SWITCHES}
+    blob = json.dumps({**before, "protocol": PROTOCOL}, sort_keys=True, separators=(",", ":"))
+    assert cell.id == hashlib.sha1(blob.encode()).hexdigest()[:12]
+    for key, value in (("padding", "right"), ("homology_long", "drop"), ("random_init", "plain")):
+        other = make_cell({"task": "remote-homology", "backbone": "gpt2-tiny", "init": "random", key: value})
+        assert other.id != cell.id, key
+
+
+def test_a_switch_that_does_not_apply_is_reset_so_it_cannot_split_a_cell():
+    base = {"task": "bit-xor", "backbone": "gpt2", "init": "pretrained"}
+    plain = make_cell(base)
+    switched = make_cell({**base, "padding": "right", "homology_long": "drop", "random_init": "plain"})
+    assert (switched.padding, switched.homology_long, switched.random_init) == ("left", "truncate", "scaled")
+    assert switched.id == plain.id
+    listops = make_cell({**base, "task": "listops", "padding": "right", "homology_long": "drop"})
+    assert (listops.padding, listops.homology_long) == ("right", "truncate")
+
+
+def test_random_init_splits_only_backbones_whose_random_weights_it_changes():
+    lstm = {"task": "bit-xor", "backbone": "lstm", "init": "random"}
+    assert make_cell({**lstm, "random_init": "plain"}).id == make_cell(lstm).id
+    gpt2 = {**lstm, "backbone": "gpt2"}
+    assert make_cell({**gpt2, "random_init": "plain"}).id != make_cell(gpt2).id

@@ -155,3 +155,14 @@ def test_a_hub_backbone_offline_is_one_line_saying_what_to_do(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: backbone gpt2: cannot load")
     assert "backbone=DIR" in lines[0]
+
+
+def test_the_papers_switches_are_in_train_help_and_refused_in_one_line():
+    out = fpt("train", "--help").stdout
+    for line in ("padding          str                default left  [left | right]",
+                 "homology_long    str                default truncate  [truncate | drop]",
+                 "random_init      str                default scaled  [scaled | plain]"):
+        assert line in out
+    result = fpt("train", "task=listops", "padding=middle")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "error: padding: unknown value 'middle'; allowed: left, right")

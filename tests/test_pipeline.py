@@ -164,7 +164,8 @@ def test_paper_grid_dry_run_lists_every_cell(tmp_path):
     assert max(pack_sizes(out)) <= cfg["train"]["pack_cells"]
     # each job's Slurm time from its own estimate (runtime: auto), not one day for every job
     runtimes = [int(m) for m in re.findall(r": train \d+ cells \([^)]*, (\d+) min\)", out)]
-    assert len(set(runtimes)) > 3 and min(runtimes) < 60 < max(runtimes) <= 7 * 24 * 60
+    assert len(set(runtimes)) > 3 and min(runtimes) < 24 * 60
+    assert 4 * min(runtimes) < max(runtimes) <= 7 * 24 * 60
     assert f"figures/paper/{next(reversed(cfg['ablations']))}.png" in out
 
 
@@ -259,8 +260,9 @@ def write_cell(cells_dir: Path, cell_id: str, acc: float) -> None:
     summary = {c: None for c in results.SUMMARY_COLUMNS}
     summary.update(cell_id=cell_id, status="finished", final_test_acc=acc, task="bit-xor", seed=0)
     results.write_parquet(pd.DataFrame([summary]), cells_dir / cell_id / results.SUMMARY)
-    curve = pd.DataFrame([{"cell_id": cell_id, "step": 10, "train_loss": 0.1, "test_loss": 0.2,
-                           "test_acc": acc, "train_acc": acc, "wall_time_s": 1.0}])
+    point = {c: 0.1 for c in results.CURVE_COLUMNS}
+    point.update(cell_id=cell_id, step=10, test_acc=acc)
+    curve = pd.DataFrame([point])
     results.write_parquet(curve, cells_dir / cell_id / results.CURVE)
 
 

@@ -421,3 +421,77 @@ def test_unknown_task_and_options_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="^n: bit-xor takes no data options"):
         prepare_data("bit-xor", tmp_path, n=3)
     prepare_data("digits", tmp_path)  # nothing to fetch
+
+
+# ---------------------------------------------------------------- the paper's padding and long sequences
+
+def test_listops_right_padding_is_the_papers_and_reads_a_pad_for_short_expressions(tmp_path):
+    rows = [("( ( ( [MAX 2 ) 9 ) ] )", 9), ("( ( ( ( [SM 4 ) 5 ) ( ( [MIN 3 ) 1 ) ] ) ) ] )", 0)]
+    for split in ("train", "val"):
+        D.write_listops_tsv(tmp_path / "listops" / f"basic_{split}.tsv", rows)
+    v = {s: i for i, s in enumerate(L.SYMBOLS, start=1)}
+    right = task("listops", tmp_path, max_len=5, padding="right")
+    x, y = all_eval(right)
+    order = y.squeeze(1).argsort(descending=True)
+    assert x[order[0]].tolist() == [v["MAX"], v["2"], v["9"], 0, 0]  # the read position is a pad
+    assert x[order[1]].tolist() == [v["SM"], v["4"], v["5"], v["MIN"], v["3"]]
+    x, _ = right.train_batch(0, 2)
+    assert x.shape == (2, 5) and sorted(x[:, -1].tolist()) == [0, v["3"]]
+
+
+def _homology(tmp_path, lengths, **kw):
+    """A TAPE JSON fixture whose sequences have the given numbers of residues, label = index."""
+    folder = tmp_path / "remote-homology"
+    folder.mkdir(parents=True, exist_ok=True)
+    records = [{"primary": "A" * n, "fold_label": i} for i, n in enumerate(lengths)]
+    for split in ("train", "valid"):
+        (folder / f"remote_homology_{split}.json").write_text(json.dumps(records))
+    return TASKS["remote-homology"](data_dir=tmp_path, **kw).load()
+
+
+def test_homology_right_padding_pads_each_batch_to_its_longest_and_reads_its_last_position(tmp_path):
+    lengths = [3, 30, 5, 28, 4, 29, 6, 27]
+    t = _homology(tmp_path, lengths, max_len=64, padding="right")
+    batches = list(t.eval_batches(4))
+    # Batch-mates have similar lengths, as TAPE's length-sorted buckets give them.
+    assert [b[0].shape[1] for b in batches] == [6 + 2, 30 + 2]
+    for x, y in batches:
+        for row, label in zip(x, y.squeeze(1).tolist()):
+            n = lengths[label] + 2
+            assert row[0] == 2 and row[n - 1] == 3 and (row[n:] == 0).all()
+        assert (x[:, -1] == 3).sum() >= 1  # <sep> of the longest; a pad for the others
+    steps = len(lengths) // 2
+    seen = torch.cat([t.train_batch(s, 2)[1].squeeze(1) for s in range(steps)])
+    assert sorted(seen.tolist()) == list(range(len(lengths)))  # every example once an epoch
+    for s in range(steps):  # each training batch is trimmed to its own longest sequence
+        x, y = t.train_batch(s, 2)
+        assert x.shape[1] == max(lengths[i] for i in y.squeeze(1).tolist()) + 2
+    left = _homology(tmp_path, lengths, max_len=64)
+    assert all(x.shape[1] == 64 and (x[:, -1] == 3).all() for x, _ in left.eval_batches(4))
+
+
+def test_homology_drop_leaves_long_sequences_out_and_counts_them_in_the_scored_fraction(tmp_path):
+    lengths = [10, 70, 20, 80, 30, 5, 90, 40]  # +2 for <cls> and <sep>; three exceed 64 tokens
+    kept = {i for i, n in enumerate(lengths) if n + 2 <= 64}
+    truncate = _homology(tmp_path, lengths, max_len=64)
+    assert truncate.scored_fraction() == 1.0 and len(truncate.training_split()[1]) == 8
+    drop = _homology(tmp_path, lengths, max_len=64, long_sequences="drop")
+    assert set(drop.training_split()[1].squeeze(1).tolist()) == kept
+    _, y = all_eval(drop)
+    assert set(y.squeeze(1).tolist()) == kept
+    assert drop.scored_fraction() == len(kept) / len(lengths)
+    prefix = _homology(tmp_path, lengths, max_len=64, long_sequences="drop", eval_size=4)
+    first = set(all_eval(truncate)[1].squeeze(1).tolist()[:4])  # the same shuffled prefix
+    assert set(all_eval(prefix)[1].squeeze(1).tolist()) == first & kept
+    assert prefix.scored_fraction() == len(first & kept) / 4
+
+
+def test_homology_training_batches_are_tapes_length_sorted_buckets(tmp_path):
+    lengths = [40, 3, 30, 5, 28, 4, 29, 6, 27, 50, 7]  # 11 examples: batches of 2, 2, ..., 1
+    t = _homology(tmp_path, lengths, max_len=64, padding="right")
+    for epoch in range(2):
+        batches = [t.train_batch(6 * epoch + s, 2)[1].squeeze(1).tolist() for s in range(6)]
+        assert sorted(sum(batches, [])) == list(range(len(lengths)))  # each example once an epoch
+        assert [len(b) for b in batches] == [2, 2, 2, 2, 2, 1]
+        pairs = sorted(sorted(lengths[i] for i in b) for b in batches[:5])
+        assert pairs == [[3, 4], [5, 6], [7, 27], [28, 29], [30, 40]]  # one bucket, cut when sorted

@@ -38,6 +38,10 @@ from fpt_core.catalog import BACKBONES as SUMMARIES
 from fpt_core.errors import ConfigError
 
 INITS = ("pretrained", "random", "statistics")
+# Random GPT-2 weights: `scaled` as current transformers draw them (the attention and MLP output
+# projections, c_proj, at std 0.02 / sqrt(2 x blocks)); `plain` as the transformers 4.1.1 of the
+# paper's code did, every weight at std 0.02. Other architectures draw the same either way.
+RANDOM_INITS = ("scaled", "plain")
 # ViT ran with drop_rate = attn_drop_rate = the cell's dropout in the paper; other backbones
 # keep their config's own dropout.
 DROPOUT_KEYS = {"vit": ("hidden_dropout_prob", "attention_probs_dropout_prob")}
@@ -179,6 +183,13 @@ def resolve(name: str) -> BackboneSpec:
     )
 
 
+def random_init_matters(name: str) -> bool:
+    """Whether random_init can change a random backbone's weights: GPT-2 in the registry, and any
+    directory or hub model (its architecture is only known once its config is read, and a cell's
+    id must not wait for that)."""
+    return name.startswith("gpt2") if name in BACKBONES else True
+
+
 def n_blocks_of(name: str) -> int:
     """Blocks of a backbone, from its config alone."""
     spec = resolve(name)
@@ -197,7 +208,8 @@ def check_init(spec: BackboneSpec, init: str) -> None:
 
 
 def build_backbone(
-    name: str, init: str, *, seed: int = 0, depth: int | None = None, dropout: float = 0.1
+    name: str, init: str, *, seed: int = 0, depth: int | None = None, dropout: float = 0.1,
+    random_init: str = "scaled",
 ) -> Backbone:
     """A backbone with init (pretrained | random | statistics), its first `depth` blocks kept.
 
@@ -207,8 +219,10 @@ def build_backbone(
     check_init(spec, init)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        build = _build_lstm if spec.kind == "lstm" else _build_hf
-        backbone = build(spec, init, depth, dropout)
+        if spec.kind == "lstm":
+            backbone = _build_lstm(spec, init, depth, dropout)
+        else:
+            backbone = _build_hf(spec, init, depth, dropout, random_init)
     if init == "statistics":
         redraw_with_statistics(backbone.parameters(), seed)
         if backbone.saved_positions is not None:
@@ -217,7 +231,8 @@ def build_backbone(
     return backbone
 
 
-def _build_hf(spec: BackboneSpec, init: str, depth: int | None, dropout: float) -> Backbone:
+def _build_hf(spec: BackboneSpec, init: str, depth: int | None, dropout: float,
+              random_init: str = "scaled") -> Backbone:
     config = copy.deepcopy(spec.config())
     check_depth(depth, config.num_hidden_layers, spec.name)
     kind = spec.kind
@@ -231,6 +246,8 @@ def _build_hf(spec: BackboneSpec, init: str, depth: int | None, dropout: float) 
         for key, value in overrides.items():
             setattr(config, key, value)
         model = hf_from_config(config)
+        if random_init == "plain":
+            unscale_residual_init(model)
     else:
         model = hf_from_pretrained(str(spec.weights()), spec.name, **overrides)
     backbone = (ViTBackbone if kind == "vit" else HFBackbone)(model, spec.name)
@@ -239,6 +256,17 @@ def _build_hf(spec: BackboneSpec, init: str, depth: int | None, dropout: float) 
     if init != "random":
         backbone.saved_positions = _saved_positions(spec)
     return backbone
+
+
+@torch.no_grad()
+def unscale_residual_init(model) -> None:
+    """Redraw GPT-2's output projections (c_proj) at the config's plain initializer_range, undoing
+    the depth scaling that transformers added after 4.1.1."""
+    if getattr(model.config, "model_type", None) != "gpt2":
+        return
+    for name, param in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            param.normal_(0.0, model.config.initializer_range)
 
 
 def _build_lstm(spec: BackboneSpec, init: str, depth: int | None, dropout: float) -> Backbone:

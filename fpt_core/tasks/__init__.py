@@ -1,6 +1,6 @@
 """Tasks of the paper (and a download-free digits task), by name.
 
-    task = make_task(cell)                  # reads task, seed, data_dir, max_len, n_train, tokenizer, eval_size
+    task = make_task(cell)                  # reads task, seed, data_dir, max_len, n_train, tokenizer, eval_size, ...
     x, y = task.train_batch(step, batch_size)
     for x, y in task.eval_batches(batch_size): ...
 """
@@ -35,6 +35,8 @@ def make_task(cell, load: bool = True) -> Task:
     task = _task_class(cell.task)(
         seed=cell.seed, data_dir=cell.data_dir, max_len=cell.max_len, n_train=cell.n_train,
         tokenizer=cell.tokenizer, eval_size=cell.eval_size,
+        padding=getattr(cell, "padding", "left"),
+        long_sequences=getattr(cell, "homology_long", "truncate"),
     )
     return task.load() if load else task
 

@@ -17,10 +17,17 @@ from torch import Tensor
 from fpt_core.errors import ConfigError, DataError
 
 # Independent random streams; a stream id is part of every seed so no two streams collide.
-TRAIN, EVAL, TRAIN_EVAL, EPOCH, AUGMENT, SUBSET, EVAL_ORDER, SPLIT = range(1, 9)
+TRAIN, EVAL, TRAIN_EVAL, EPOCH, AUGMENT, SUBSET, EVAL_ORDER, SPLIT, BUCKETS = range(1, 10)
 # The held-out set must not change with the cell's seed: every cell is scored on the same examples.
 FIXED_SEED = 0
 TRAIN_EVAL_SIZE = 1000  # training examples scored for train accuracy when eval_size is unset
+# Where token sequences shorter than the model's length are padded (listops, remote-homology):
+# left keeps the last real token at the read position; right is the paper's code, which reads
+# the last position whatever it holds.
+PADDINGS = ("left", "right")
+# Token sequences longer than the model's length: keep their first tokens, or leave them out
+# (remote-homology: the paper's code skipped them and counted them as wrong).
+LONG_SEQUENCES = ("truncate", "drop")
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,11 @@ class EpochSampler:
         if epoch not in self._perms:
             if len(self._perms) >= 4:
                 self._perms.pop(min(self._perms))
-            self._perms[epoch] = torch.randperm(self.n, generator=generator(self.seed, EPOCH, epoch))
+            self._perms[epoch] = self._order(epoch)
         return self._perms[epoch]
+
+    def _order(self, epoch: int) -> Tensor:
+        return torch.randperm(self.n, generator=generator(self.seed, EPOCH, epoch))
 
     def indices(self, step: int, batch_size: int) -> Tensor:
         flat = torch.arange(step * batch_size, (step + 1) * batch_size)
@@ -91,22 +101,31 @@ class Task:
     source: str | None = None
 
     def __init__(self, *, seed: int = 0, data_dir: str | Path = "data", max_len: int | None = None,
-                 n_train: int | None = None, tokenizer: str = "paper", eval_size: int | None = None):
+                 n_train: int | None = None, tokenizer: str = "paper", eval_size: int | None = None,
+                 padding: str = "left", long_sequences: str = "truncate"):
         self.seed = seed
         self.data_dir = Path(data_dir)
         self.max_len = max_len
         self.n_train = n_train
         self.tokenizer = tokenizer
         self.eval_size = eval_size
+        self.padding = padding
+        self.long_sequences = long_sequences
         self.spec = self.make_spec()
         self._loaded = False
         self._train: tuple[Tensor, Tensor] | None = None  # None: unlimited generated data
         self._eval: tuple[Tensor, Tensor] | None = None
         self._train_eval: tuple[Tensor, Tensor] | None = None
+        self._eval_kept: Tensor | None = None  # held-out examples scored; None: all of them
         self._sampler: EpochSampler | None = None
 
     def make_spec(self) -> TaskSpec:
         raise NotImplementedError
+
+    @property
+    def batch_dependent(self) -> bool:
+        """An example's model input depends on its batch-mates (padding to the batch's longest)."""
+        return False
 
     @classmethod
     def data_files(cls, data_dir: str | Path) -> list[Path]:
@@ -142,10 +161,15 @@ class Task:
         pick = torch.randperm(len(y), generator=generator(self.seed, TRAIN_EVAL))[:size]
         self._train_eval = (x[pick], y[pick])
 
-    def _set_held_out(self, x: Tensor, y: Tensor) -> None:
-        """Shuffle the held-out split once, the same way for every cell, so eval_size takes a fair prefix."""
+    def _set_held_out(self, x: Tensor, y: Tensor, kept: Tensor | None = None) -> None:
+        """Shuffle the held-out split once, the same way for every cell, so eval_size takes a fair prefix.
+
+        `kept` (bool per example) leaves the others out of scoring; they still count in the
+        evaluated split, as wrong (scored_fraction).
+        """
         order = torch.randperm(len(y), generator=generator(FIXED_SEED, EVAL_ORDER))
         self._eval = (x[order], y[order])
+        self._eval_kept = None if kept is None else kept[order]
 
     def training_split(self) -> tuple[Tensor, Tensor] | None:
         """The fixed training split (raw inputs, labels); None for tasks that draw fresh examples."""
@@ -175,8 +199,24 @@ class Task:
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """One pass over the held-out split (its first eval_size examples when set)."""
         raw, y = self._held_out()
-        n = len(y) if self.eval_size is None else min(self.eval_size, len(y))
-        yield from self._batches(raw[:n], y[:n], batch_size)
+        n = self._n_evaluated()
+        raw, y = raw[:n], y[:n]
+        if self._eval_kept is not None:
+            raw, y = raw[self._eval_kept[:n]], y[self._eval_kept[:n]]
+        yield from self._batches(raw, y, batch_size)
+
+    def _n_evaluated(self) -> int:
+        n = len(self._held_out()[1])
+        return n if self.eval_size is None else min(self.eval_size, n)
+
+    def scored_fraction(self) -> float:
+        """The fraction of the evaluated held-out examples that eval_batches scores; accuracy
+        times it counts the others as wrong."""
+        self._held_out()
+        if self._eval_kept is None:
+            return 1.0
+        n = self._n_evaluated()
+        return int(self._eval_kept[:n].sum()) / max(n, 1)
 
     def train_eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """A fixed sample of training examples, without augmentation, for train accuracy."""

@@ -15,12 +15,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fpt_core.tasks.base import DataError, Task, TaskSpec, missing, one_line
+from fpt_core.tasks.base import (
+    BUCKETS,
+    DataError,
+    EpochSampler,
+    Task,
+    TaskSpec,
+    generator,
+    missing,
+    one_line,
+)
 
 IUPAC = ["<pad>", "<mask>", "<cls>", "<sep>", "<unk>"] + list("ABCDEFGHIKLMNOPQRSTUVWXYZ")
 CLS, SEP = IUPAC.index("<cls>"), IUPAC.index("<sep>")
 N_FOLDS = 1195
 DEFAULT_LEN = 1024  # the paper's max_seq_len
+BUCKET_BATCHES = 100  # TAPE's loader sorts buckets of 100 batches by length
 _LUT = np.full(256, 255, dtype=np.uint8)
 for _id, _token in enumerate(IUPAC[5:], start=5):
     _LUT[ord(_token)] = _id
@@ -61,22 +71,74 @@ def read_records(path: Path) -> list[dict]:
         return [pickle.loads(txn.get(str(i).encode())) for i in range(n)]
 
 
-def to_tensors(records: list[dict], n_tokens: int, where: Path) -> tuple[Tensor, Tensor]:
-    """Left-padded ids (N, n_tokens) uint8 and fold labels (N, 1); long sequences keep their start."""
+def to_tensors(records: list[dict], n_tokens: int, where: Path,
+               right: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Ids (N, n_tokens) uint8, left-padded (or right-padded), fold labels (N, 1), and which
+    sequences are longer than n_tokens (those keep their start)."""
     ids = np.zeros((len(records), n_tokens), dtype=np.uint8)
     labels = np.empty(len(records), dtype=np.int64)
+    too_long = np.zeros(len(records), dtype=bool)
     for i, record in enumerate(records):
         if not isinstance(record, dict) or "primary" not in record or "fold_label" not in record:
             raise DataError(f"{where}: record {i} lacks the fields primary and fold_label")
-        tokens = encode(str(record["primary"]), f"{where}: record {i}")[:n_tokens]
-        ids[i, n_tokens - len(tokens):] = tokens
+        tokens = encode(str(record["primary"]), f"{where}: record {i}")
+        too_long[i] = len(tokens) > n_tokens
+        tokens = tokens[:n_tokens]
+        if right:
+            ids[i, :len(tokens)] = tokens
+        else:
+            ids[i, n_tokens - len(tokens):] = tokens
         label = record["fold_label"]
         if isinstance(label, (list, np.ndarray)) and np.size(label) == 1:
             label = np.asarray(label).item()
         if not isinstance(label, (int, np.integer)) or not 0 <= label < N_FOLDS:
             raise DataError(f"{where}: record {i} has fold_label {label!r}; expected an int in 0..{N_FOLDS - 1}")
         labels[i] = label
-    return torch.from_numpy(ids), torch.from_numpy(labels)[:, None]
+    return torch.from_numpy(ids), torch.from_numpy(labels)[:, None], torch.from_numpy(too_long)
+
+
+def lengths_of(ids: Tensor) -> Tensor:
+    return (ids != 0).sum(1)  # every token id is > 0, the pad is 0
+
+
+def bucket_order(order: Tensor, lengths: Tensor, batch_size: int,
+                 g: torch.Generator | None = None) -> Tensor:
+    """TAPE's batching of `order`: buckets of BUCKET_BATCHES batches, each sorted by length and cut
+    into batches that come in random order from g (a last, partial batch stays last); without g
+    in sorted order."""
+    out = []
+    span = batch_size * BUCKET_BATCHES
+    for start in range(0, len(order), span):
+        bucket = order[start:start + span]
+        bucket = bucket[torch.argsort(lengths[bucket], stable=True)]
+        full = len(bucket) // batch_size * batch_size
+        batches = list(bucket[:full].split(batch_size))
+        if g is not None:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        out += batches
+        out.append(bucket[full:])
+    return torch.cat(out)
+
+
+class BucketSampler(EpochSampler):
+    """Training batches as TAPE's loader draws them: each epoch's permutation in bucket_order, so
+    batch-mates have similar lengths and right padding to the longest adds few pads. An epoch is
+    whole batches of it, its last one smaller where batch_size does not divide the split."""
+
+    def __init__(self, lengths: Tensor, seed: int):
+        super().__init__(len(lengths), seed)
+        self.lengths = lengths
+        self.batch_size = 1
+
+    def indices(self, step: int, batch_size: int) -> Tensor:
+        if batch_size != self.batch_size:
+            self.batch_size, self._perms = batch_size, {}
+        epoch, k = divmod(step, -(-self.n // batch_size))
+        return self.perm(epoch)[k * batch_size:(k + 1) * batch_size]
+
+    def _order(self, epoch: int) -> Tensor:
+        return bucket_order(super()._order(epoch), self.lengths, self.batch_size,
+                            generator(self.seed, BUCKETS, epoch))
 
 
 class RemoteHomology(Task):
@@ -120,17 +182,41 @@ class RemoteHomology(Task):
                             f"({one_line(e)}); fetch it on a machine with internet and "
                             f"unpack it there") from None
 
-    def _split(self, split: str) -> tuple[Tensor, Tensor]:
+    def _split(self, split: str) -> tuple[Tensor, Tensor, Tensor]:
         path = self._find(self.data_dir, split)
         if path is None:
             folder = self.folder(self.data_dir)
             files = [f"remote_homology_{s}.json" for s in ("train", self.eval_split)]
             raise missing(self.name, folder, files, HOW.format(folder=folder))
-        return to_tensors(read_records(path), self.spec.n_tokens, path)
+        return to_tensors(read_records(path), self.spec.n_tokens, path, self.padding == "right")
+
+    @property
+    def batch_dependent(self) -> bool:
+        return self.padding == "right"
 
     def _load(self) -> None:
-        self._set_train(*self._split("train"))
-        self._set_held_out(*self._split(self.eval_split))
+        drop = self.long_sequences == "drop"
+        x, y, too_long = self._split("train")
+        if drop:  # the paper's code skipped them in training too
+            x, y = x[~too_long], y[~too_long]
+            if not len(y):
+                raise DataError(f"{self.name}: every training sequence is longer than "
+                                f"{self.spec.n_tokens} tokens; raise max_len or use homology_long: truncate")
+        self._set_train(x, y)
+        if self.batch_dependent:
+            self._sampler = BucketSampler(lengths_of(self._train[0]), self.seed)
+        x, y, too_long = self._split(self.eval_split)
+        self._set_held_out(x, y, ~too_long if drop else None)
+
+    def _batches(self, raw: Tensor, y: Tensor, batch_size: int):
+        if self.batch_dependent:  # batch-mates of similar length, as TAPE's loader gives them
+            order = bucket_order(torch.arange(len(y)), lengths_of(raw), batch_size)
+            raw, y = raw[order], y[order]
+        yield from super()._batches(raw, y, batch_size)
 
     def _features(self, raw: Tensor, aug: torch.Generator | None) -> Tensor:
+        if self.batch_dependent:
+            # The paper's code padded each batch to its longest sequence and read the last
+            # position: that sequence's <sep>, a pad for its batch-mates.
+            return raw[:, :max(int(lengths_of(raw).max()), 1)].long()
         return raw.long()

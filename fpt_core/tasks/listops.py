@@ -52,8 +52,9 @@ class UnknownToken(DataError):
                          f"{', '.join(OPERATORS)}, {END}, ( and )")
 
 
-def encode_rows(sources: list[bytes], tokenizer: str, n_tokens: int) -> np.ndarray:
-    """Ids (len(sources), n_tokens) uint8 of many expressions, left-padded, keeping the first tokens.
+def encode_rows(sources: list[bytes], tokenizer: str, n_tokens: int, right: bool = False) -> np.ndarray:
+    """Ids (len(sources), n_tokens) uint8 of many expressions, left-padded (or right-padded, as
+    the paper's code did), keeping the first tokens.
 
     Raises UnknownToken, which names the row, for a token outside the vocabulary.
     """
@@ -73,7 +74,8 @@ def encode_rows(sources: list[bytes], tokenizer: str, n_tokens: int) -> np.ndarr
     first = pos < n_tokens
     lengths = np.minimum(counts, n_tokens)
     out = np.zeros((len(sources), n_tokens), dtype=np.uint8)
-    out[row_of[first], n_tokens - lengths[row_of[first]] + pos[first]] = tokens[first]
+    column = pos[first] if right else n_tokens - lengths[row_of[first]] + pos[first]
+    out[row_of[first], column] = tokens[first]
     return out
 
 
@@ -84,8 +86,9 @@ def encode(source: str | bytes, tokenizer: str = "paper") -> np.ndarray:
     return row[row > 0]
 
 
-def read_tsv(path: Path, tokenizer: str, n_tokens: int, chunk: int = 2048) -> tuple[Tensor, Tensor]:
-    """LRA's TSV (columns Source, Target): ids (N, n_tokens) uint8 left-padded, labels (N, 1).
+def read_tsv(path: Path, tokenizer: str, n_tokens: int, chunk: int = 2048,
+             right: bool = False) -> tuple[Tensor, Tensor]:
+    """LRA's TSV (columns Source, Target): ids (N, n_tokens) uint8 left- (or right-) padded, labels (N, 1).
 
     Sequences longer than n_tokens keep their first n_tokens tokens, as the paper's pipeline did.
     """
@@ -108,7 +111,8 @@ def read_tsv(path: Path, tokenizer: str, n_tokens: int, chunk: int = 2048) -> tu
     for start in range(0, len(numbered), chunk):
         part = numbered[start:start + chunk]
         try:
-            ids[start:start + len(part)] = encode_rows([f[src] for _, f in part], tokenizer, n_tokens)
+            ids[start:start + len(part)] = encode_rows([f[src] for _, f in part], tokenizer,
+                                                       n_tokens, right)
         except UnknownToken as e:
             raise DataError(f"{path}:{part[e.row][0]}: {e}") from None
     return torch.from_numpy(ids), torch.from_numpy(labels)[:, None]
@@ -225,8 +229,11 @@ class ListOps(Task):
                           "generate them offline with `fpt data listops dir=DATA_DIR`, or take "
                           "lra_release/listops-1000/ from "
                           "https://storage.googleapis.com/long-range-arena/lra_release.gz")
-        self._set_train(*read_tsv(files[0], self.tokenizer, self.spec.n_tokens))
-        self._set_held_out(*read_tsv(files[1], self.tokenizer, self.spec.n_tokens))
+        # Right padding is the paper's: zeros after the tokens up to max_len, and the model reads
+        # the last position, a pad for every expression shorter than max_len.
+        right = self.padding == "right"
+        self._set_train(*read_tsv(files[0], self.tokenizer, self.spec.n_tokens, right=right))
+        self._set_held_out(*read_tsv(files[1], self.tokenizer, self.spec.n_tokens, right=right))
 
     def _features(self, raw: Tensor, aug: torch.Generator | None) -> Tensor:
         return raw.long()
