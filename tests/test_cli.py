@@ -3,6 +3,8 @@ from pathlib import Path
 import subprocess
 import sys
 
+import pandas as pd
+
 import pytest
 
 
@@ -166,3 +168,33 @@ def test_the_papers_switches_are_in_train_help_and_refused_in_one_line():
     result = fpt("train", "task=listops", "padding=middle")
     assert result.returncode == 2 and result.stderr.strip() == (
         "error: padding: unknown value 'middle'; allowed: left, right")
+
+
+def test_tensorboard_reads_every_evaluation_of_a_run_stopped_by_ctrl_c_and_resumed(tmp_path):
+    """metrics=csv,tensorboard through the real command: TensorBoard's reader finds the loss and
+    accuracy of every evaluation, once each, across a Ctrl-C and the resumed run."""
+    import signal
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "fpt_core.cli", "train", "task=bit-xor", "backbone=gpt2-tiny",
+            "init=random", "steps=300", "eval_every=50", "eval_size=64", "progress=false",
+            "metrics=csv,tensorboard", f"out={out}"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "metrics.csv").exists():
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 128 + signal.SIGINT
+    subprocess.run(args, check=True, capture_output=True, text=True)
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert {"train_loss", "test_loss", "test_acc", "train_acc"} <= set(events.Tags()["scalars"])
+    logged = [(e.step, e.value) for e in events.Scalars("test_acc")]
+    assert sorted(step for step, _ in logged) == [50, 100, 150, 200, 250, 300]
+    csv = pd.read_csv(out / "metrics.csv")
+    assert list(csv["step"]) == [50, 100, 150, 200, 250, 300]
+    assert dict(logged) == pytest.approx(dict(zip(csv["step"], csv["test_acc"])))

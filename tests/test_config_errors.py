@@ -107,7 +107,7 @@ CASES = [
     # a row that would average cells differing in more than the seed
     (with_("ablations.headline", {"rows": {"fpt": {}}, "axes": {"lr": [1e-3, 1e-2]}, "label": "{row}"}),
      "lr"),
-    # a metrics viewer that is not installed (tensorboard and wandb are not in the test setup)
+    # a metrics viewer that is not installed (wandb is not in the test setup)
     (with_("train.metrics", ["csv", "wandb"]), "metrics"),
 ]
 
