@@ -189,3 +189,12 @@ def test_main_prints_the_table_and_how_it_estimated(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         plan.main(["--help"])
     assert e.value.code == 0 and "--measure" in capsys.readouterr().out
+
+
+def test_a_yaml_slip_in_a_configfile_is_one_line_with_its_line_number(tmp_path, capsys):
+    """Snakemake parses a --configfile before the workflow and names no line; fpt plan does."""
+    path = tmp_path / "slip.yaml"
+    path.write_text("study: slip\ntrain:\n  steps: 3\n   lr: 2\n")
+    assert plan.main(["--configfile", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and f"{path}, line 4: not valid YAML" in err
