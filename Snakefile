@@ -58,6 +58,7 @@ localrules:
     aggregate,
     attention_maps,
     draw_figures,
+    draw_compute,
     cka,
     draw_cka,
 

@@ -1,5 +1,7 @@
 import json
+import os
 from pathlib import Path
+import struct
 import subprocess
 import sys
 
@@ -198,3 +200,74 @@ def test_tensorboard_reads_every_evaluation_of_a_run_stopped_by_ctrl_c_and_resum
     csv = pd.read_csv(out / "metrics.csv")
     assert list(csv["step"]) == [50, 100, 150, 200, 250, 300]
     assert dict(logged) == pytest.approx(dict(zip(csv["step"], csv["test_acc"])))
+
+
+def wandb_records(path: Path):
+    """The records of a W&B offline run file (.wandb), parsed with W&B's own protobuf schema.
+
+    The file is a LevelDB log (a 7-byte ':W&B' header, then 32 KiB blocks of records, each with
+    a 7-byte header and possibly split across blocks); W&B's Python reader of it was removed in
+    0.22, and `wandb sync` reads it only to upload, so the container is read here.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B", f"{path}: not a W&B run file"
+    pos, pieces = 7, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if left < 7 or (kind == 0 and length == 0):  # the block's padding
+            pos += left
+            continue
+        pieces += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pieces)
+            pieces = b""
+            yield record
+
+
+def test_wandb_offline_run_holds_every_evaluation_across_ctrl_c_and_resume(tmp_path):
+    """metrics=csv,wandb through the real command with W&B offline: the runs it writes under the
+    cell's directory carry the cell's id and config, and between them every evaluation's
+    metrics once, as in metrics.csv."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")}
+    args = [sys.executable, "-m", "fpt_core.cli", "train", "task=bit-xor", "backbone=gpt2-tiny",
+            "init=random", "steps=300", "eval_every=50", "eval_size=64", "progress=false",
+            "metrics=csv,wandb", f"out={out}"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "metrics.csv").exists():
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 128 + signal.SIGINT
+    subprocess.run(args, check=True, capture_output=True, text=True, env=env)
+
+    runs = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 2, runs  # the stopped run and the resumed one, both kept
+    cell_id = pd.read_parquet(out / "summary.parquet")["cell_id"].iloc[0]
+    logged = {}
+    for run in runs:
+        for record in wandb_records(run):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                assert record.run.run_id == cell_id
+                config = {i.key: json.loads(i.value_json) for i in record.run.config.update}
+                assert config["task"] == "bit-xor" and config["steps"] == 300
+            elif kind == "history":
+                row = {i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                       for i in record.history.item}
+                assert row["_step"] not in logged, f"step {row['_step']} logged twice"
+                logged[row["_step"]] = row
+    csv = pd.read_csv(out / "metrics.csv")
+    assert sorted(logged) == list(csv["step"]) == [50, 100, 150, 200, 250, 300]
+    for column in ("train_loss", "test_loss", "test_acc", "train_acc"):
+        assert [logged[s][column] for s in csv["step"]] == pytest.approx(list(csv[column]))

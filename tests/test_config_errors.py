@@ -107,8 +107,6 @@ CASES = [
     # a row that would average cells differing in more than the seed
     (with_("ablations.headline", {"rows": {"fpt": {}}, "axes": {"lr": [1e-3, 1e-2]}, "label": "{row}"}),
      "lr"),
-    # a metrics viewer that is not installed (wandb is not in the test setup)
-    (with_("train.metrics", ["csv", "wandb"]), "metrics"),
 ]
 
 
@@ -134,6 +132,18 @@ def test_malformed_config_is_one_line_naming_the_key(config, key):
     assert "\n" not in message and key in message, message
 
 
+@pytest.mark.parametrize("viewer", ["tensorboard", "wandb"])
+def test_a_metrics_viewer_that_is_not_installed_is_refused(monkeypatch, viewer):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == viewer else find_spec(name, *a))
+    message = refuse(with_("train.metrics", ["csv", viewer]))
+    assert message.endswith(f"metrics: {viewer} is not installed (pip install {viewer}); allowed here: "
+                       + ", ".join(v for v in ("csv", "tensorboard", "wandb") if v != viewer))
+
+
 def test_duplicate_ablation_names_are_refused(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(GOOD) + "ablations:\n  other: {rows: {fpt: {}}}\n")
@@ -143,8 +153,8 @@ def test_duplicate_ablation_names_are_refused(tmp_path):
     assert "ablations" in result.stderr + result.stdout and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("config, key", [CASES[0], CASES[6], CASES[33], CASES[-3]],
-                         ids=["unknown-key", "unknown-task", "zero-lr", "depth"])
+@pytest.mark.parametrize("config, key", [CASES[0], CASES[6], CASES[33], CASES[-2]],
+                         ids=["unknown-key", "unknown-task", "zero-lr", "pretrain-seed"])
 def test_snakemake_refuses_before_any_job_without_a_traceback(tmp_path, config, key):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))

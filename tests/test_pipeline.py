@@ -341,3 +341,12 @@ def test_small_grid_end_to_end_then_nothing_to_do_and_fresh_clone_trains_nothing
     assert "rule train" not in out and (clone / "figures" / "default" / "headline.png").exists()
     assert (clone / "figures" / "default" / "cka.png").exists()
     assert "Nothing to be done" in snakemake(clone, "-n", "--cores", "2").stdout
+    # The clone trained nothing, so Snakemake's statistics know no training job; the compute
+    # table in its report still counts every cell of the study from the summaries.
+    snakemake(clone, "--report", "report.html")
+    report = (clone / "report.html").read_text()
+    assert "compute.md" in report and "headline.md" in report and "cka.png" in report
+    compute = (clone / "figures" / "default" / "compute.md").read_text()
+    cells = table.drop_duplicates("cell_id")
+    hours = cells["wall_time_s"].sum() / 3600
+    assert re.search(rf"\| whole study +\| all +\| +{len(cells)} \| +0 \| +{hours:.2f} \|", compute)

@@ -199,6 +199,7 @@ def figure_targets():
     for name in GRID.ablations:
         targets += [f"{FIGURES_DIR}/{name}.png", f"{FIGURES_DIR}/{name}.md"]
     targets += [f"{FIGURES_DIR}/attention-{task}.png" for task in attention_tasks()]
+    targets += [f"{FIGURES_DIR}/compute.png", f"{FIGURES_DIR}/compute.md"]
     return targets
 
 

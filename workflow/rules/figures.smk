@@ -62,6 +62,22 @@ rule draw_figures:
         "../scripts/draw_figures.py"
 
 
+rule draw_compute:
+    input:
+        table=f"{RESULTS}/aggregate.parquet",
+    output:
+        png=report(f"{FIGURES_DIR}/compute.png", caption="../report/compute.rst", category="Compute"),
+        md=report(f"{FIGURES_DIR}/compute.md", caption="../report/compute.rst", category="Compute"),
+    params:
+        title=f"compute of the {STUDY} study",
+    log:
+        f"logs/{STUDY}/compute.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/draw_compute.py"
+
+
 rule attention_maps:
     input:
         # ancient: the maps need the cell's model.pt, which is not committed; a fresh clone
