@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch.utils import benchmark
 
 from fpt_core import hardware
-from fpt_core.plan import model_flops, step_flops  # noqa: F401 (bench.step_flops: one FLOP count)
+from fpt_core.plan import model_flops
 
 MEASURES = ("step", "mfu", "output_only", "shared", "dry_run")
 TARGETS = {"step_throughput": 3.0, "mfu": 0.35, "output_only_epoch": 100.0,

@@ -151,7 +151,7 @@ def build_model(cell, spec, device: str | torch.device | None = None) -> FPT:
         torch.manual_seed(cell.seed)
         backbone = build_backbone(
             cell.backbone, "random" if meta else cell.init, seed=cell.seed, depth=cell.depth,
-            dropout=cell.dropout, random_init=getattr(cell, "random_init", "scaled"),
+            dropout=cell.dropout, random_init=cell.random_init,
         )
         if backbone.max_positions is not None and spec.n_tokens > backbone.max_positions:
             raise ConfigError(

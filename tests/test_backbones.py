@@ -29,7 +29,7 @@ def make_spec(**overrides):
 
 def make_cell(**overrides):
     values = dict(backbone="gpt2-tiny", init="random", trainable=FPT_GROUPS, depth=None, seed=0,
-                  dropout=0.1)
+                  dropout=0.1, random_init="scaled")
     return SimpleNamespace(**{**values, **overrides})
 
 

@@ -58,7 +58,8 @@ EXPECTED_SPECS = {  # input_kind, input_dim, n_tokens, n_classes, n_readout, n_p
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_spec_matches_the_paper_and_needs_no_data(name, tmp_path):
     cell = SimpleNamespace(task=name, seed=0, data_dir=str(tmp_path), max_len=None, n_train=None,
-                           tokenizer="paper", eval_size=None)
+                           tokenizer="paper", eval_size=None, padding="left",
+                           homology_long="truncate")
     spec = make_spec(cell)
     got = (spec.input_kind, spec.input_dim, spec.n_tokens, spec.n_classes, spec.n_readout, spec.n_predictions)
     assert got == EXPECTED_SPECS[name]
@@ -386,7 +387,8 @@ def test_missing_files_say_which_files_where_and_how_to_fetch(tmp_path, monkeypa
         monkeypatch.delitem(sys.modules, module)
     monkeypatch.setitem(sys.modules, "mlxtend", None)
     cell = SimpleNamespace(task=name, seed=0, data_dir=str(tmp_path), max_len=None, n_train=None,
-                           tokenizer="paper", eval_size=None)
+                           tokenizer="paper", eval_size=None, padding="left",
+                           homology_long="truncate")
     with pytest.raises(DataError) as e:
         make_task(cell)
     message = str(e.value)
@@ -414,7 +416,8 @@ def test_malformed_image_files_are_reported(tmp_path):
 
 def test_unknown_task_and_options_are_config_errors(tmp_path):
     cell = SimpleNamespace(task="imagenet", seed=0, data_dir=str(tmp_path), max_len=None,
-                           n_train=None, tokenizer="paper", eval_size=None)
+                           n_train=None, tokenizer="paper", eval_size=None, padding="left",
+                           homology_long="truncate")
     with pytest.raises(ConfigError, match="^task: unknown value 'imagenet'"):
         make_task(cell)
     with pytest.raises(ConfigError, match="^n: bit-xor takes no data options"):
@@ -439,12 +442,8 @@ def test_listops_right_padding_is_the_papers_and_reads_a_pad_for_short_expressio
 
 
 def _homology(tmp_path, lengths, **kw):
-    """A TAPE JSON fixture whose sequences have the given numbers of residues, label = index."""
-    folder = tmp_path / "remote-homology"
-    folder.mkdir(parents=True, exist_ok=True)
-    records = [{"primary": "A" * n, "fold_label": i} for i, n in enumerate(lengths)]
-    for split in ("train", "valid"):
-        (folder / f"remote_homology_{split}.json").write_text(json.dumps(records))
+    """The homology task on sequences of the given numbers of residues, label = index."""
+    D.write_tape_lengths(tmp_path, lengths)
     return TASKS["remote-homology"](data_dir=tmp_path, **kw).load()
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+import _taskdata as D
 import fpt_core.train as train_mod
 from fpt_core import results
 from fpt_core.cell import make_cell
@@ -277,21 +278,11 @@ def test_the_protocol_version_is_part_of_every_cell_id(monkeypatch):
     assert cell.id != before
 
 
-def _homology_data(data_dir, lengths, folds=3):
-    import json
-
-    folder = data_dir / "remote-homology"
-    folder.mkdir(parents=True)
-    records = [{"primary": "ACDEFGHIK"[i % 9] * n, "fold_label": i % folds} for i, n in enumerate(lengths)]
-    for split in ("train", "valid"):
-        (folder / f"remote_homology_{split}.json").write_text(json.dumps(records))
-
-
 def test_dropped_homology_sequences_count_as_wrong_in_the_test_accuracy(tmp_path):
     from fpt_core.train import evaluate
 
     # Two sequences over 64 tokens; one fold, so the output layer soon scores the kept ones right.
-    _homology_data(tmp_path / "data", [10, 100, 20, 30, 110, 40, 50, 60], folds=1)
+    D.write_tape_lengths(tmp_path / "data", [10, 100, 20, 30, 110, 40, 50, 60], folds=1)
     cell = make_cell({"task": "remote-homology", "backbone": "gpt2-tiny", "init": "random",
                       "max_len": 64, "homology_long": "drop", "steps": 20, "eval_every": 20, "lr": 0.05,
                       "batch_size": 2, "data_dir": str(tmp_path / "data"), "device": "cpu",
@@ -308,7 +299,7 @@ def test_features_padded_to_the_batchs_longest_are_never_cached(tmp_path):
     from fpt_core.features import can_cache
     from fpt_core.tasks import make_task
 
-    _homology_data(tmp_path, [10, 20, 30, 40])
+    D.write_tape_lengths(tmp_path, [10, 20, 30, 40])
     values = {"task": "remote-homology", "backbone": "gpt2-tiny", "init": "random", "max_len": 64,
               "trainable": ["output"], "dropout": 0.0, "data_dir": str(tmp_path)}
     left, right = make_cell(values), make_cell({**values, "padding": "right"})

@@ -232,7 +232,7 @@ def build_backbone(
 
 
 def _build_hf(spec: BackboneSpec, init: str, depth: int | None, dropout: float,
-              random_init: str = "scaled") -> Backbone:
+              random_init: str) -> Backbone:
     config = copy.deepcopy(spec.config())
     check_depth(depth, config.num_hidden_layers, spec.name)
     kind = spec.kind

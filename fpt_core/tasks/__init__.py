@@ -35,8 +35,7 @@ def make_task(cell, load: bool = True) -> Task:
     task = _task_class(cell.task)(
         seed=cell.seed, data_dir=cell.data_dir, max_len=cell.max_len, n_train=cell.n_train,
         tokenizer=cell.tokenizer, eval_size=cell.eval_size,
-        padding=getattr(cell, "padding", "left"),
-        long_sequences=getattr(cell, "homology_long", "truncate"),
+        padding=cell.padding, long_sequences=cell.homology_long,
     )
     return task.load() if load else task
 
