@@ -1,5 +1,6 @@
-# The FPT ablation pipeline: config -> grid of cells -> one training job per cell -> one Parquet
-# table -> figures. See workflow/rules/ for the stages and config/config.yaml for the grid.
+# The FPT ablation pipeline: config -> grid of cells -> training jobs (packs of cells) -> one
+# Parquet table per study -> figures. See workflow/rules/ for the stages and config/config.yaml
+# for the grid.
 #
 #     snakemake --cores 2                   the default grid (config/config.yaml)
 #     snakemake --cores 1 figures           every figure from results/ (trains only missing cells)
@@ -7,9 +8,7 @@
 #
 # Each config names its study: its table goes to results/<study>/, its figures to
 # figures/<study>/, while cells are shared by every study under results/cells/.
-#
-# The workflow profile profiles/default/ is read automatically; it decides what makes a job
-# rerun (see the comment there: a fresh clone retrains nothing).
+
 
 from snakemake.utils import min_version
 
@@ -21,7 +20,7 @@ min_version("8.0")
 if not workflow.overwrite_configfiles:
     # Read strictly first: a YAML slip then gets a one-line error with its line number, where
     # Snakemake's own reading says only "not valid JSON or YAML". (A --configfile is read by
-    # Snakemake before this file runs; `fpt plan --configfile FILE` names the line for it.)
+    # Snakemake before this file runs; `fpt plan FILE` names the line for it.)
     from fpt_core.configfile import load_strict
     from fpt_core.errors import ConfigError
     from snakemake.exceptions import WorkflowError
@@ -35,11 +34,8 @@ if not workflow.overwrite_configfiles:
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/cka_common.smk"
-include: "workflow/rules/backbones.smk"
-include: "workflow/rules/data.smk"
+include: "workflow/rules/setup.smk"
 include: "workflow/rules/train.smk"
-include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/cka.smk"
@@ -53,6 +49,7 @@ localrules:
     all,
     figures,
     prepare_backbone,
+    smoke_backbone,
     prepare_data,
     export_backbone,
     aggregate,
@@ -66,6 +63,8 @@ localrules:
 rule all:
     default_target: True
     input:
-        f"{RESULTS}/aggregate.parquet",
-        figure_targets(),
-        cka_targets(),
+        STUDY.description_file,
+        f"{STUDY.results_dir}/aggregate.parquet",
+        STUDY.figure_files(),
+        # every cell's own result, so that a cell whose directory was deleted trains again
+        [STUDY.summary(cell_id) for cell_id in STUDY.aggregated_cells()],

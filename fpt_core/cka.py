@@ -23,7 +23,6 @@ import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from fpt_core.backbones.hf import find_blocks  # noqa: E402
 from fpt_core.model import autocast  # noqa: E402
 
 # Mean over tokens by default: it exists at every depth on the same footing, whereas the
@@ -77,11 +76,7 @@ def linear_cka(x, y) -> float:
 
 def model_blocks(model: nn.Module) -> list[nn.Module]:
     """The kept blocks of an FPT's backbone, in order."""
-    backbone = model.backbone
-    if backbone.kind == "lstm":
-        return list(backbone.layers)
-    parent, attr = find_blocks(backbone.model)
-    return list(getattr(parent, attr))
+    return list(model.backbone.blocks())
 
 
 def pool_tokens(h: Tensor, pool: str, n_readout: int) -> Tensor:

@@ -20,7 +20,7 @@ import torch
 from fpt_core.cell import Cell, make_cell
 from fpt_core.cka import block_states, cka_table
 from fpt_core.errors import ConfigError
-from fpt_core.grid import PRETRAINED_DIR, Grid, resolve, run_settings
+from fpt_core.grid import PRETRAINED_DIR, Grid, resolve
 from fpt_core.model import build_model
 from fpt_core.tasks import make_spec, make_task
 from fpt_core.train import load_trained
@@ -29,6 +29,8 @@ COLUMNS = ["task", "comparison", "model_a", "model_b", "block_a", "block_b", "ck
            "examples", "width"]
 BEFORE, AFTER = "fpt before training", "fpt after training"
 DEFAULT_EXAMPLES = 1000  # well above MiniLM's width 384: independent features then score ~0.2
+DEFAULT_TITLE = ("Representations: linear CKA of the frozen blocks across pretraining modalities, "
+                 "and before vs after training")
 
 
 def cka_models(config: dict, grid: Grid, task: str,
@@ -42,9 +44,8 @@ def cka_models(config: dict, grid: Grid, task: str,
         entry = {"backbone": entry} if isinstance(entry, str) else dict(entry or {})
         values, _ = resolve(config, [(where, {**entry, "task": task, "seed": seed})])
         values["backbone"] = _pipeline_backbone(values.get("backbone"), grid, where)
-        merged = {**values, **run_settings(config)}
         try:
-            models[name] = make_cell(adjust(merged) if adjust else merged)
+            models[name] = make_cell(adjust(values) if adjust else values)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
     return models
@@ -60,18 +61,6 @@ def _pipeline_backbone(backbone: Any, grid: Grid, where: str) -> Any:
         raise ConfigError(f"{where}: {backbone!r} is not a pipeline-pretrained backbone; "
                           f"allowed: {known}")
     return grid.pretrained_dir(parts[1])
-
-
-def trained_cell(config: dict, grid: Grid, task: str) -> str | None:
-    """The id of the cell `cka.trained` picks for `task` (ablation, label, seed), or None."""
-    trained = (config.get("cka") or {}).get("trained")
-    if not trained:
-        return None
-    want = (trained.get("ablation"), trained.get("label"), task, trained.get("seed", 0))
-    for member in grid.members:
-        if (member.ablation, member.label, member.task, member.seed) == want:
-            return member.cell_id
-    return None
 
 
 # ---------------------------------------------------------------- computing the table

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import warnings
@@ -20,29 +21,34 @@ CELL_EXAMPLE = "fpt train task=bit-xor backbone=minilm-l6 init=pretrained steps=
 
 
 def cell_help() -> str:
-    """Every cell field with its default and allowed values, for --help."""
+    """Every cell field and run setting with its default, allowed values and help, for --help."""
     from dataclasses import fields
 
-    from fpt_core.cell import CHOICES, GROUPS, NON_IDENTITY, Cell
-    from fpt_core.metrics import LOGGERS
+    from fpt_core.cell import Cell, bounds, choices
+    from fpt_core.run import Run
 
-    allowed = {**CHOICES, "trainable": GROUPS + ("(comma- or plus-joined)",), "metrics": LOGGERS}
-    lines = ["cell fields (key=value; a YAML or JSON cell file may give them, later pairs win):"]
-    for f in fields(Cell):
-        default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
-        choices = f"  [{' | '.join(map(str, allowed[f.name]))}]" if f.name in allowed else ""
-        where = "  (run setting, not in the cell id)" if f.name in NON_IDENTITY else ""
-        lines.append(f"  {f.name:<17}{f.type:<18} default {default}{choices}{where}")
+    lines = []
+    for title, cls in (("cell fields (what is computed: the cell's id)", Cell),
+                       ("run settings (where and how: not in the id)", Run)):
+        lines.append(f"{title}; key=value, or a YAML or JSON cell file, later pairs win:")
+        for f in fields(cls):
+            default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+            allowed = choices(f)
+            rule = f"[{' | '.join(map(str, allowed))}]" if allowed else bounds(f)
+            lines.append(f"  {f.name:<19}{f.type:<17} default {default!s:<10} {rule}")
+            lines.append(f"  {'':<19}{f.metadata['help']}")
     return "\n".join(lines)
 
 
-def _cell(args: list[str], extra: tuple[str, ...] = ()):
-    """Split off the non-cell keys in `extra`, build and validate the cell from the rest."""
+def _cell_and_run(args: list[str], extra: tuple[str, ...] = ()):
+    """Split off the keys in `extra`, then build the cell and the run settings from the rest."""
     from fpt_core.cell import make_cell, parse_overrides
+    from fpt_core.run import Run, split
 
     values = parse_overrides(args)
     rest = {k: values.pop(k) for k in extra if k in values}
-    return make_cell(values), rest
+    cell_values, run_values = split(values)
+    return make_cell(cell_values), Run(**run_values), rest
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
@@ -50,11 +56,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     from fpt_core.train import Preempted, train_cell
 
-    cell, rest = _cell(ns.cell, ("out",))
-    cell = _native_precision(cell)
+    cell, run, rest = _cell_and_run(ns.cell, ("out",))
+    cell = _native_precision(cell, run)
     out = rest.get("out") or f"runs/{cell.id}"
     try:
-        summary = train_cell(cell, out)
+        summary = train_cell(cell, out, run)
     except Preempted as e:
         print(f"stopped: {e}; run the same command again to resume", file=sys.stderr)
         return 128 + e.signum
@@ -68,20 +74,20 @@ def cmd_train(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _native_precision(cell):
-    """bf16 only where the device computes it natively: refused before training, or with
+def _native_precision(cell, run):
+    """bf16 and tf32 only where the device has them: refused before training, or with
     precision_fallback=true, the fp32 cell (another id), said in one line."""
-    if cell.precision != "bf16":
+    if cell.precision == "fp32":
         return cell
     from fpt_core.cell import make_cell
     from fpt_core.hardware import check_precision
-    from fpt_core.train import resolve_device
+    from fpt_core.run import resolve_device
 
-    used = check_precision("bf16", resolve_device(cell.device), cell.precision_fallback)
+    used = check_precision(cell.precision, resolve_device(run.device), run.precision_fallback)
     if used == cell.precision:
         return cell
-    print("precision: bf16 is not native here; training the fp32 cell (precision_fallback)",
-          file=sys.stderr)
+    print(f"precision: {cell.precision} is not native here; training the fp32 cell "
+          "(precision_fallback)", file=sys.stderr)
     return make_cell({**cell.to_dict(), "precision": used})
 
 
@@ -89,7 +95,7 @@ def cmd_params(ns: argparse.Namespace) -> int:
     from fpt_core.model import build_model, param_counts
     from fpt_core.tasks import make_spec
 
-    cell, _ = _cell(ns.cell)
+    cell, _, _ = _cell_and_run(ns.cell)
     model = build_model(cell, make_spec(cell), device="meta")
     print(json.dumps(param_counts(model)))
     return 0
@@ -130,11 +136,36 @@ def _number(value):
     return value
 
 
-# Commands whose own argparse lives in their module; `fpt NAME ...` hands them the rest.
+def run_plan(argv: list[str]) -> int:
+    from fpt_core.commands import plan_main
+
+    return plan_main(argv)
+
+
+def run_status(argv: list[str]) -> int:
+    from fpt_core.commands import status_main
+
+    return status_main(argv)
+
+
+def run_calibrate(argv: list[str]) -> int:
+    from fpt_core.commands import calibrate_main
+
+    return calibrate_main(argv)
+
+
+def run_bench(argv: list[str]) -> int:
+    from fpt_bench.bench import main as bench_main
+
+    return bench_main(argv)
+
+
+# Commands whose own argparse lives with them; `fpt NAME ...` hands them the rest.
 DELEGATED = {
-    "plan": ("fpt_core.plan", "estimated GPU-hours of a config's grid, per ablation"),
-    "status": ("fpt_core.status", "what a running grid is doing: done, running, failed, pending"),
-    "bench": ("fpt_bench.bench", "the speed benchmark"),
+    "plan": (run_plan, "estimated GPU-hours of a config's grid, per ablation"),
+    "status": (run_status, "what a running grid is doing: done, running, failed, pending"),
+    "calibrate": (run_calibrate, "parity with the CPU, step times and memory on this device"),
+    "bench": (run_bench, "the speed benchmark"),
 }
 
 
@@ -148,7 +179,8 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     top = _Parser(
-        prog="fpt", description="Frozen Pretrained Transformers: train cells, inspect them, plan and watch a grid, benchmark.",
+        prog="fpt",
+        description="Frozen Pretrained Transformers: train cells, inspect them, plan and watch a grid, benchmark.",
         epilog=f"example: {CELL_EXAMPLE}\n`fpt COMMAND --help` for each command.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
@@ -175,7 +207,7 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     data = add("data", cmd_data, "prepare a task's data under dir=DIR",
                epilog="examples: fpt data listops dir=data n_train=4000 max_length=64\n"
                       "          fpt data mnist dir=data   (downloads; needs internet)")
-    data.add_argument("task", metavar="TASK", help=f"one of {', '.join(catalog.TASKS)}")
+    data.add_argument("task", metavar="TASK", help="a task name (`fpt tasks` lists them)")
     data.add_argument("options", nargs="*", metavar="key=value")
     for name, (_, help) in DELEGATED.items():
         add(name, None, f"{help} (fpt {name} --help)", add_help=False)
@@ -183,7 +215,14 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:  # `fpt status | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str]) -> int:
     top, commands = parser()
     if not argv:
         top.print_help()
@@ -193,9 +232,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if argv and argv[0] in DELEGATED:
-        import importlib
-
-        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
+        return DELEGATED[argv[0]][0](argv[1:])
     if argv[:1] in (["train"], ["params"]) and any(a in ("-h", "--help") for a in argv[1:]):
         # the cell's fields and their allowed values come from the registries (a slower import)
         command = commands[argv[0]]

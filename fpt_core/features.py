@@ -3,8 +3,8 @@
 When only the output layer trains, everything below it is a fixed function of the input, so a
 step need not run the backbone again: the features the model feeds its output layer (the
 readout tokens' final-norm hidden states) are computed once for the training split, the
-held-out split and the train-accuracy sample, and the trainer's loop steps the output layer on
-those. The paper saw such epochs 500 to 2000 times faster.
+held-out split, the validation split (if any) and the train-accuracy sample, and the trainer's
+loop steps the output layer on those. The paper saw such epochs 500 to 2000 times faster.
 
 Features are computed in eval mode from unaugmented inputs, so caching applies only where that
 is what training would compute: no dropout, a fixed training split, no augmentation, and
@@ -28,10 +28,12 @@ EVAL_CHUNK = 4096  # cached features are small: evaluate them in large chunks
 def can_cache(cell, task) -> bool:
     """Only the output layer trains, nothing below it is random (no dropout: the paper's code
     trains output-only cells in train mode, dropout on), and the task has a fixed, unaugmented
-    training split: then cached features are exactly what the live path computes."""
-    return (cell.feature_cache and tuple(cell.trainable) == ("output",) and cell.dropout == 0
-            and task.training_split() is not None and not task.augment
-            and not task.batch_dependent)
+    training split whose inputs do not depend on batch-mates: then cached features are exactly
+    what the live path computes (where the run allows caching, its feature_cache). Needs no
+    data: `task` may be unloaded (make_task(cell, load=False)), so plans decide with the same
+    rule."""
+    return (tuple(cell.trainable) == ("output",) and cell.dropout == 0
+            and task.fixed_training_split and not task.augment and not task.batch_dependent)
 
 
 @torch.no_grad()
@@ -83,16 +85,21 @@ class CachedFeatures:
                  for i in range(0, len(labels), batch_size))
         self.train_x, self.train_y = _extract(model, train, cell.precision, device)
         self.test = _extract(model, task.eval_batches(batch_size), cell.precision, device)
+        self.val = (_extract(model, task.val_batches(batch_size), cell.precision, device)
+                    if task.has_validation else None)
         self.train_sample = _extract(model, task.train_eval_batches(batch_size), cell.precision, device)
         self.build_s = time.perf_counter() - started
 
     def train_batch(self, step: int) -> tuple[Tensor, Tensor]:
-        idx = self.task.batch_indices(step, self.batch_size).to(self.train_x.device)
+        idx = self.task.batch_indices(step, self.batch_size)
+        if self.train_x.device.type == "cuda":  # from pinned memory, without waiting for the copy
+            idx = idx.pin_memory().to(self.train_x.device, non_blocking=True)
         return self.train_x[idx], self.train_y[idx]
 
     def logits(self, feats: Tensor) -> Tensor:
         return output_logits(self.model, feats)
 
     def eval_sets(self) -> dict:
-        return {"test": _chunks(*self.test, EVAL_CHUNK),
-                "train_sample": _chunks(*self.train_sample, EVAL_CHUNK)}
+        """Batches of each evaluated set: test, train_sample, and val where the task has one."""
+        sets = {"test": self.test, "train_sample": self.train_sample, "val": self.val}
+        return {name: _chunks(*xy, EVAL_CHUNK) for name, xy in sets.items() if xy is not None}

@@ -23,25 +23,18 @@ that expansion can be tested on its own.
 from __future__ import annotations
 
 import itertools
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from fpt_core.backbones.registry import looks_like_path
-from fpt_core.cell import FPT_GROUPS, GROUPS, NON_IDENTITY, make_cell
+from fpt_core.cell import make_cell
 from fpt_core.errors import ConfigError
 
 # The pipeline's own pretrained backbones: the config names one backbones/<name>; cells load it
 # from backbones/<name>-<id of the pretraining cell>, so a changed pretraining changes the id of
 # every cell that uses it, and nothing stale is ever reused.
 PRETRAINED_DIR = "backbones"
-TRAINABLE_ALIASES = {"all": list(GROUPS), "fpt": list(FPT_GROUPS)}
-# Where and how often, not what: set once for the whole run in the config's `train:` block, so
-# changing them neither changes a cell's id nor its job's parameters (and retrains nothing).
-RUN_FIELDS = NON_IDENTITY
-RUN_DEFAULTS = {"data_dir": "data", "checkpoint_every": 200, "device": "auto", "progress": False,
-                "feature_cache": True, "metrics": ["csv"], "precision_fallback": False}
 
 
 @dataclass(frozen=True)
@@ -91,13 +84,6 @@ class Grid:
         return next((n, c) for n, c in self.pretrain.items() if c.id == cell_id)
 
 
-def _expand_aliases(values: dict[str, Any]) -> dict[str, Any]:
-    trainable = values.get("trainable")
-    if isinstance(trainable, str) and trainable in TRAINABLE_ALIASES:
-        values = {**values, "trainable": TRAINABLE_ALIASES[trainable]}
-    return values
-
-
 def _layer(into: dict, source: dict, values: dict | None, path: str) -> None:
     for key, value in (values or {}).items():
         into[key] = value
@@ -122,7 +108,7 @@ def resolve(config: dict, layers: list[tuple[str, dict | None]]) -> tuple[dict, 
     _layer(values, source, per_task, f"per_task.{task}")
     for path, layer in layers:
         _layer(values, source, layer, path)
-    return _expand_aliases(values), source
+    return values, source
 
 
 def default_label(axes: dict[str, list], combo: dict[str, Any], ablation: str) -> str:
@@ -175,8 +161,11 @@ def _label(name: str, spec: dict, row: str | None, axes: dict, combo: dict, valu
     if template is None and row is None:
         return default_label(axes, combo, name)
     if template is None:
-        # a row swept over an axis is one row per value, never an average over the values
-        swept = [str(combo[k]) for k in axes if k not in ("task", "seed") and len(axes[k]) > 1]
+        # a row swept over an axis is one row per value, never an average over the values,
+        # except over the axis the ablation selects on: its figure picks one value per row
+        selected = selected_field(spec)
+        swept = [str(combo[k]) for k in axes
+                 if k not in ("task", "seed", selected) and len(axes[k]) > 1]
         return "-".join([row, *swept])
     try:
         return template.format(row=row, **{k: v for k, v in values.items() if k != "row"})
@@ -186,11 +175,10 @@ def _label(name: str, spec: dict, row: str | None, axes: dict, combo: dict, valu
         ) from None
 
 
-def _cell_or_error(values: dict, source: dict, where: str, run: dict[str, Any],
+def _cell_or_error(values: dict, source: dict, where: str,
                    adjust: Callable[[dict], dict] | None = None):
     try:
-        merged = {**values, **run}
-        return make_cell(adjust(merged) if adjust else merged)
+        return make_cell(adjust(values) if adjust else values)
     except ConfigError as e:
         key, _, rest = str(e).partition(": ")
         path = source.get(key)
@@ -205,17 +193,16 @@ def build(config: dict, adjust: Callable[[dict], dict] | None = None) -> Grid:
     `adjust` rewrites each point's resolved values before they become a cell (a smoke run's
     smoke.smoke_cell_values: tiny backbones, a few steps).
     """
-    run = run_settings(config)
     grid = Grid(ablations=dict(config.get("ablations") or {}))
     for name, values in (config.get("pretrain") or {}).items():
         merged, source = resolve(config, [(f"pretrain.{name}", values)])
-        grid.pretrain[name] = _cell_or_error(merged, source, f"pretrain.{name}", run, adjust)
+        grid.pretrain[name] = _cell_or_error(merged, source, f"pretrain.{name}", adjust)
     orders: dict[tuple[str, str], int] = {}
     seen: set[tuple[str, str, str]] = set()
     for point in expand(config):
         where = f"ablations.{point.ablation} (row {point.label})"
         values = {**point.values, "backbone": _backbone(point, grid)}
-        cell = _cell_or_error(values, point.source, where, run, adjust)
+        cell = _cell_or_error(values, point.source, where, adjust)
         grid.cells.setdefault(cell.id, cell)
         order = orders.setdefault((point.ablation, point.label), len(
             [k for k in orders if k[0] == point.ablation]))
@@ -233,11 +220,18 @@ def build(config: dict, adjust: Callable[[dict], dict] | None = None) -> Grid:
     return grid
 
 
+def selected_field(spec: dict | None) -> str | None:
+    """The field an ablation sweeps and selects on per row (`select: {over: lr}`), or None."""
+    return ((spec or {}).get("select") or {}).get("over")
+
+
 def check_rows_differ_only_in_seed(grid: Grid) -> None:
-    """A row of a figure averages its cells as seeds: refuse a row whose cells differ otherwise."""
+    """A row of a figure averages its cells as seeds (or, where the ablation selects over a
+    field, picks one of its values): refuse a row whose cells differ otherwise."""
     first: dict[tuple[str, str, str], dict] = {}
     for m in grid.members:
-        values = {k: v for k, v in grid.cells[m.cell_id].identity().items() if k != "seed"}
+        ignored = {"seed", selected_field(grid.ablations[m.ablation])}
+        values = {k: v for k, v in grid.cells[m.cell_id].to_dict().items() if k not in ignored}
         seen = first.setdefault((m.ablation, m.label, m.task), values)
         differ = [k for k in values if values[k] != seen[k]]
         if differ:
@@ -271,79 +265,3 @@ def _backbone(point: Point, grid: Grid) -> Any:
             f"allowed: {known} (add it under pretrain:)"
         )
     return grid.pretrained_dir(parts[1])
-
-
-def run_settings(config: dict) -> dict[str, Any]:
-    """The cell fields that the `train:` block sets for every cell (see RUN_FIELDS)."""
-    train = config.get("train") or {}
-    return {k: train.get(k, default) for k, default in RUN_DEFAULTS.items()}
-
-
-def run_args(config: dict) -> str:
-    """`key=value` arguments for the RUN_FIELDS, the same for every cell. Not the precision
-    fallback: the grid decides it when it builds the cells (a job's cell id is fixed by then)."""
-    return " ".join(shlex.quote(f"{k}={_arg(v)}") for k, v in run_settings(config).items()
-                    if k != "precision_fallback")
-
-
-def cell_args(cell) -> str:
-    """`key=value` arguments for `fpt train` that rebuild exactly this cell."""
-    values = cell.to_dict()
-    return " ".join(shlex.quote(f"{k}={_arg(v)}") for k, v in values.items() if k not in RUN_FIELDS)
-
-
-def _arg(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def data_tasks(grid: Grid, config: dict) -> dict[str, dict]:
-    """Tasks whose data the pipeline prepares (config `data:`) that some cell uses."""
-    used = {c.task for c in [*grid.cells.values(), *grid.pretrain.values()]}
-    return {t: opts or {} for t, opts in (config.get("data") or {}).items() if t in used}
-
-
-def check_config(config: dict, schema_path: str | Path) -> None:
-    """Validate the config against the JSON schema; raise a one-line ConfigError naming the key."""
-    import jsonschema
-    import yaml
-
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
-    if error is not None:
-        raise ConfigError(_one_line(error))
-
-
-def _one_line(error) -> str:
-    path = _dotted(error.absolute_path)
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = list(error.schema.get("properties", {}))
-        extra = [k for k in error.instance if k not in allowed]
-        where = _dotted([*error.absolute_path, extra[0]]) if extra else path
-        hint = " (set it in the train: block)" if extra and extra[0] in RUN_FIELDS else ""
-        return f"config {where}: unknown key{hint}; allowed: {', '.join(allowed)}"
-    if error.validator == "enum":
-        return (f"config {path}: unknown value {error.instance!r}; "
-                f"allowed: {', '.join(map(str, error.validator_value))}")
-    if "trainable" in path and error.validator in ("oneOf", "anyOf", "pattern"):
-        return (f"config {path}: {error.instance!r} is not a list of groups; allowed: "
-                f"{', '.join(GROUPS)} (a list, or joined by , or +) or "
-                f"{', '.join(TRAINABLE_ALIASES)}")
-    if error.validator == "pattern":
-        return (f"config {path}: {error.instance!r} is not a valid name; "
-                "allowed: lowercase letters, digits and + _ . - (not first)")
-    message = error.message.replace("\n", " ")
-    return f"config {path or '(top level)'}: {message}"
-
-
-def _dotted(parts) -> str:
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out

@@ -35,16 +35,17 @@ def available_loggers() -> list[str]:
 class MetricsLog:
     """log(curve) after every evaluation; a context manager that closes the viewers' writers."""
 
-    def __init__(self, out_dir: Path, cell):
+    def __init__(self, out_dir: Path, cell, loggers=("csv",)):
         self.path = Path(out_dir) / CSV
         self.cell = cell
         self.writers = []
-        if "tensorboard" in cell.metrics:
-            from torch.utils.tensorboard import SummaryWriter
+        if "tensorboard" in loggers:
+            # optional packages, imported only where a cell asks for their viewer
+            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
 
             self.writers.append(_TensorBoard(SummaryWriter(str(Path(out_dir) / "tensorboard"))))
-        if "wandb" in cell.metrics:
-            import wandb
+        if "wandb" in loggers:
+            import wandb  # noqa: PLC0415
 
             run = wandb.init(project="fpt-ablations", name=cell.id, id=cell.id, resume="allow",
                              config=cell.to_dict(), dir=str(out_dir))

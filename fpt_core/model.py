@@ -9,6 +9,11 @@ FPT = input layer -> (+ positions) -> backbone blocks -> final norm -> output la
   embeddings); otherwise (rotary LLaMA-style models, ViT whose patch embedding is bypassed)
   a table of n_tokens rows added at the input, zero-initialised as the paper did for ViT, so
   the pretrained computation is unchanged at initialisation. The LSTM gets none, as in the paper.
+- Dropout: the cell's dropout after the vector input layer and, through build_backbone, at
+  every dropout inside the backbone, so a cell with dropout 0 trains a model whose train mode
+  computes what its eval mode does (and output-only cells may cache its features). Every mask
+  is counter-based (fpt_core/dropout.py): a hash of the (seed, step) in the model's
+  dropout_key buffer, which the trainer sets each step, the dropout site and the element.
 - Readout: the hidden states of the last n_readout tokens, each through one Linear to
   (n_predictions / n_readout) * n_classes logits, reshaped to (B, n_predictions, n_classes):
   token r predicts items r*k .. r*k+k-1 (k = n_predictions / n_readout), as the paper's code
@@ -25,12 +30,13 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from fpt_core.backbones import Backbone, build_backbone
 from fpt_core.atomic import atomic_dir
-from fpt_core.backbones.base import POSITIONS_FILE
-from fpt_core.backbones.base import GROUPS
+from fpt_core.backbones import Backbone, build_backbone
+from fpt_core.backbones.base import GROUPS, POSITIONS_FILE, is_matrix
+from fpt_core.dropout import KEY_BUFFER, keyed, make_counter_based
 from fpt_core.errors import ConfigError
 
 ORTH_GAIN = 1.41
@@ -51,7 +57,7 @@ def vector_input(input_dim: int, hidden: int, dropout: float) -> nn.Module:
 
 
 class FPT(nn.Module):
-    def __init__(self, spec, backbone: Backbone, dropout: float = 0.1):
+    def __init__(self, spec, backbone: Backbone, dropout: float = 0.1, seed: int = 0):
         super().__init__()
         if spec.n_predictions % spec.n_readout:
             raise ValueError(
@@ -70,6 +76,8 @@ class FPT(nn.Module):
         self.backbone = backbone
         per_token = spec.n_predictions // spec.n_readout
         self.output_layer = nn.Linear(hidden, per_token * spec.n_classes)
+        # (seed, step) of the dropout masks; not saved: the trainer sets it before each step
+        self.register_buffer(KEY_BUFFER, dropout_key(seed, 0), persistent=False)
         self._groups = self._assign_groups()
 
     def _assign_groups(self) -> dict[str, str | None]:
@@ -113,8 +121,16 @@ class FPT(nn.Module):
             h = h + self.pos_table[: x.shape[1]]
         return h
 
+    def set_dropout_step(self, seed: int, step: int) -> None:
+        """The dropout masks of step `step` of a cell seeded `seed`."""
+        key = dropout_key(seed, step)
+        if self.dropout_key.device.type == "cuda":  # from pinned memory: the host need not wait
+            key = key.pin_memory()
+        self.dropout_key.copy_(key, non_blocking=True)
+
     def forward(self, x: Tensor) -> Tensor:
-        h = self.backbone(self.embed(x))
+        with keyed(self.dropout_key):
+            h = self.backbone(self.embed(x))
         logits = self.output_layer(h[:, -self.spec.n_readout :])
         return logits.reshape(x.shape[0], self.spec.n_predictions, self.spec.n_classes)
 
@@ -129,6 +145,11 @@ class FPT(nn.Module):
                 return [m.detach().float() for m in self.backbone.attention_maps(self.embed(x))]
         finally:
             self.train(was_training)
+
+
+def dropout_key(seed: int, step: int) -> Tensor:
+    """The value of FPT's dropout_key buffer for a cell's seed and step."""
+    return torch.tensor([seed, step], dtype=torch.int64)
 
 
 def initial_positions(backbone: Backbone, n_tokens: int) -> Tensor:
@@ -158,7 +179,9 @@ def build_model(cell, spec, device: str | torch.device | None = None) -> FPT:
                 f"backbone: {cell.backbone} holds {backbone.max_positions} positions but task "
                 f"{spec.name} feeds {spec.n_tokens} tokens; lower max_len or pick another backbone"
             )
-        model = FPT(spec, backbone, dropout=cell.dropout)
+        model = FPT(spec, backbone, dropout=cell.dropout, seed=cell.seed)
+    make_counter_based(model)
+    backbone.use_counter_attention()
     model.set_trainable(cell.trainable)
     if getattr(cell, "precision", "fp32") == "bf16" and not meta:
         store_frozen_matrices_in_bf16(model)
@@ -173,8 +196,7 @@ def store_frozen_matrices_in_bf16(model: FPT) -> None:
     """
     for module in model.backbone.modules():
         own = list(module.parameters(recurse=False))
-        is_matrix = isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
-        if is_matrix and own and not any(p.requires_grad for p in own):
+        if is_matrix(module) and own and not any(p.requires_grad for p in own):
             module.to(torch.bfloat16)
 
 
@@ -203,8 +225,6 @@ def export_backbone(model: FPT, out_dir: str | Path) -> Path:
     A position table the FPT added (rotary backbones, ViT) is saved beside it and seeds the
     table of a model built from the directory. Written atomically.
     """
-    from safetensors.torch import save_file
-
     def fill(tmp: Path) -> None:
         model.backbone.save(tmp)
         if model.pos_table is not None:

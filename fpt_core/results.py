@@ -32,15 +32,16 @@ PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 STATUSES = ("finished", "diverged")
 
 SUMMARY_COLUMNS = (
-    "cell_id", "status", "final_test_acc", "best_test_acc", "best_step", "train_acc",
-    "train_sample_acc", "protocol",
+    "cell_id", "status", "stop_reason", "final_test_acc", "best_test_acc", "best_step",
+    "final_val_acc", "best_val_acc", "test_acc_at_best_val", "train_acc", "train_sample_acc",
+    "test_examples", "protocol",
     "final_test_loss", "steps_done", "steps_to_threshold", "threshold_used",
     *(f"params_{g}" for g in GROUPS), "params_trainable", "params_total",
     "wall_time_s", "device", "torch_version", "transformers_version", "fpt_version",
     "finished_at",
 )
-CURVE_COLUMNS = ("cell_id", "step", "train_loss", "test_loss", "test_acc", "train_acc",
-                 "train_sample_acc", "wall_time_s")
+CURVE_COLUMNS = ("cell_id", "step", "train_loss", "test_loss", "test_acc", "val_loss", "val_acc",
+                 "train_acc", "train_sample_acc", "wall_time_s")
 _MAGIC = b"FPTCKPT1"
 
 

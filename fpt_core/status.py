@@ -8,6 +8,8 @@ Every grid member (ablation, row label, task, seed) gets one state from its cell
 - failed: progress.json says failed, with the exception's message in one line;
 - pending: nothing yet.
 Pretraining cells (results/pretrain/<id>) appear as ablation "pretrain", row = their name.
+After the cells, the stages drawn from them (attention maps, CKA tables, the aggregate and the
+figures): done, pending, or failed with the last line of their log.
 
 A process is alive when it runs on this host with that pid, or when Slurm lists its job (squeue,
 asked once per call); on another host without a job id nothing can tell, and it counts as
@@ -15,20 +17,20 @@ running, its age saying how long it has been silent.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import socket
 import subprocess
-import sys
-import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from fpt_core.errors import ConfigError, DataError, ResultError
+import pandas as pd
+
+from fpt_core import results
+from fpt_core.errors import ResultError
 
 STATES = ("done", "diverged", "running", "interrupted", "failed", "pending")
 COLUMNS = ("ablation", "label", "label_order", "task", "seed", "cell_id", "state", "step", "steps",
@@ -75,20 +77,16 @@ def default_alive() -> Callable[[dict], bool | None]:
 
 
 def read_progress(cell_dir: Path) -> dict | None:
-    from fpt_core.results import PROGRESS
-
     try:
-        return json.loads((cell_dir / PROGRESS).read_text())
+        return json.loads((cell_dir / results.PROGRESS).read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:  # written atomically, so only a foreign file lands here
-        return {"state": "failed", "error": f"{PROGRESS} unreadable: {type(e).__name__}"}
+        return {"state": "failed", "error": f"{results.PROGRESS} unreadable: {type(e).__name__}"}
 
 
 def cell_state(cell, cell_dir: Path, alive: Callable[[dict], bool | None]) -> dict:
     """The state of one cell and what its files say about its progress."""
-    from fpt_core import results
-
     row = {"state": "pending", "step": None, "steps": cell.steps, "train_loss": None,
            "test_acc": None, "updated_at": None, "slurm_job_id": None, "host": None, "error": None}
     progress = read_progress(cell_dir)
@@ -117,24 +115,20 @@ def cell_state(cell, cell_dir: Path, alive: Callable[[dict], bool | None]) -> di
     return row
 
 
-def collect(grid, cells_dir: str | Path = "results/cells", alive=None,
-            pretrain_dir: str | Path = "results/pretrain"):
-    """One row per grid member: ablation, label, label_order, task, seed, cell_id, state, step,
-    steps, train_loss, test_acc, updated_at, slurm_job_id, host, error. `alive(progress)` says
-    whether a running cell's process lives (True, False, None: cannot tell)."""
-    import pandas as pd
-
+def collect(study, alive=None) -> pd.DataFrame:
+    """One row per member of the study: ablation, label, label_order, task, seed, cell_id, state,
+    step, steps, train_loss, test_acc, updated_at, slurm_job_id, host, error. `alive(progress)`
+    says whether a running cell's process lives (True, False, None: cannot tell)."""
     alive = alive or default_alive()
+    grid, cells = study.grid, study.cells()
     states: dict[str, dict] = {}
     rows = []
-    members = [("pretrain", name, i, c.task, c.seed, c.id, Path(pretrain_dir) / c.id)
+    members = [("pretrain", name, i, c.task, c.seed, c.id)
                for i, (name, c) in enumerate(grid.pretrain.items())]
-    members += [(m.ablation, m.label, m.label_order, m.task, m.seed, m.cell_id,
-                 Path(cells_dir) / m.cell_id) for m in grid.members]
-    for ablation, label, order, task, seed, cid, where in members:
-        cell = grid.cells.get(cid) or next(c for c in grid.pretrain.values() if c.id == cid)
+    members += [(m.ablation, m.label, m.label_order, m.task, m.seed, m.cell_id) for m in grid.members]
+    for ablation, label, order, task, seed, cid in members:
         if cid not in states:
-            states[cid] = cell_state(cell, where, alive)
+            states[cid] = cell_state(cells[cid], Path(study.cell_dir(cid)), alive)
         rows.append({"ablation": ablation, "label": label, "label_order": order, "task": task,
                      "seed": seed, "cell_id": cid, **states[cid]})
     return pd.DataFrame(rows, columns=list(COLUMNS))
@@ -160,10 +154,33 @@ def _number(value, fmt: str) -> str:
     return "-" if value is None or value != value else format(value, fmt)
 
 
-def render(df, now: datetime | None = None) -> str:
-    """Counts per ablation and row, then the running cells, then the failed ones: plain text."""
-    import pandas as pd
+def stages(study) -> list[tuple[str, str, str]]:
+    """(stage, state, detail) of what the study draws from its cells: each attention table and
+    CKA table, the aggregate, the figures. A stage is failed where its log holds a traceback
+    and its output is missing."""
+    found = [(f"attention {task}", study.attention_table(cell),
+              study.attention_log(study.cell_dir(cell), study.attention_examples()))
+             for task, cell in study.attention_cells().items()]
+    found += [(f"cka {task}", study.cka_table(task), study.cka_log(task)) for task in study.cka_models()]
+    found.append(("aggregate", study.description_file, f"{study.logs_dir}/aggregate.log"))
+    found += [(f"figure {Path(f).name}", f, f"{study.logs_dir}/figures.log")
+              for f in study.figure_files() if f.endswith(".png")]
+    return [(name, *_stage_state(Path(output), Path(log))) for name, output, log in found]
 
+
+def _stage_state(output: Path, log: Path) -> tuple[str, str]:
+    if output.exists():
+        return "done", ""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    if "Traceback" in text or "Error" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        return "failed", f"{last.strip()} (log {log})"
+    return "pending", ""
+
+
+def render(df, stage_rows=(), now: datetime | None = None) -> str:
+    """Counts per ablation and row, then the running cells, then the failed ones, then the
+    stages drawn from the cells: plain text."""
     if df.empty:
         return "no cells in this grid"
     rows = df.drop_duplicates(["ablation", "label"]).set_index(["ablation", "label"]).index
@@ -193,33 +210,9 @@ def render(df, now: datetime | None = None) -> str:
             parts += [f"  {r.cell_id}  {r.ablation}/{r.label} {r.task} seed {r.seed}: "
                       f"{r.error or 'stopped after a checkpoint; rerun to resume'}"
                       for r in stopped.itertuples()]
+    if stage_rows:
+        done = sum(state == "done" for _, state, _ in stage_rows)
+        parts += ["", f"stages: {done} of {len(stage_rows)} done"]
+        parts += [f"  {name}: {state}{': ' + detail if detail else ''}"
+                  for name, state, detail in stage_rows if state != "done"]
     return "\n".join(parts)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="fpt status", description="What a running grid is doing: done, running, failed, pending.",
-        epilog="example: fpt status --configfile config/paper.yaml --watch 60")
-    p.add_argument("--configfile", default="config/config.yaml")
-    p.add_argument("--cells-dir", default="results/cells", help="where the cells' directories are")
-    p.add_argument("--watch", type=float, metavar="SECONDS", help="print again every SECONDS")
-    args = p.parse_args(argv)
-    try:
-        from fpt_core import configfile, grid
-
-        built = grid.build(configfile.load_strict(args.configfile))
-        pretrain = Path(args.cells_dir).parent / "pretrain"
-        while True:
-            text = render(collect(built, args.cells_dir, pretrain_dir=pretrain))
-            if args.watch and sys.stdout.isatty():
-                print("\033[2J\033[H", end="")  # clear the screen, as watch(1) does
-            print(text, flush=True)
-            if not args.watch:
-                return 0
-            time.sleep(args.watch)
-            print()
-    except (ConfigError, DataError, ResultError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0

@@ -1,36 +1,37 @@
-"""Backbones: registry, offline weights, inits, group mapping, depth, export, errors."""
+"""Backbones: registry, kinds, offline weights, inits, group mapping, depth, export, errors,
+Tan et al.'s baselines."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
 import time
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
+from _models import make_cell, make_spec, register_tiny
 from safetensors import safe_open
+from transformers import GPT2Config
 
-from fpt_core.backbones import backbone_names, build_backbone, is_known_backbone, resolve
+from fpt_core.backbones import (
+    BACKBONES,
+    backbone_names,
+    build_backbone,
+    is_known_backbone,
+    n_blocks_of,
+    registry,
+    resolve,
+)
+from fpt_core.backbones.base import TINY, BackboneSpec, read_marker
 from fpt_core.backbones.offline import minilm_dir
-from fpt_core.cell import FPT_GROUPS, GROUPS, ConfigError
+from fpt_core.backbones.vit import ViTBackbone
+from fpt_core.cell import GROUPS, ConfigError
+from fpt_core.cell import make_cell as real_cell
 from fpt_core.model import build_model, export_backbone, param_counts
+from fpt_core.tasks import make_spec as task_spec
 
 torch.set_num_threads(1)
-
-BIT_XOR = dict(name="bit-xor", input_kind="vector", input_dim=1, n_tokens=10, n_classes=2,
-               n_readout=5, n_predictions=5, chance=0.5, threshold=1.0)
-
-
-def make_spec(**overrides):
-    return SimpleNamespace(**{**BIT_XOR, **overrides})
-
-
-def make_cell(**overrides):
-    values = dict(backbone="gpt2-tiny", init="random", trainable=FPT_GROUPS, depth=None, seed=0,
-                  dropout=0.1, random_init="scaled")
-    return SimpleNamespace(**{**values, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,17 @@ def minilm():
 def test_registry_names():
     names = backbone_names()
     for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt2-tiny", "smollm2-135m",
-                 "minilm-l6", "vit-base", "bert-base", "lstm"):
+                 "minilm-l6", "vit-base", "vit-base-in21k-ft-in1k", "bert-base", "lstm"):
         assert name in names and is_known_backbone(name)
+
+
+def test_the_papers_vit_is_the_in1k_fine_tuned_checkpoint_and_vit_base_the_21k_one():
+    paper, in21k = BACKBONES["vit-base-in21k-ft-in1k"], BACKBONES["vit-base"]
+    assert paper.weights() == "google/vit-base-patch16-224"
+    assert in21k.weights() == "google/vit-base-patch16-224-in21k"
+    assert registry.kind_of(paper) is registry.kind_of(in21k) is ViTBackbone
+    assert paper.config().to_dict() == in21k.config().to_dict()
+    assert "fine-tuned" in paper.summary and "21k only" in in21k.summary
 
 
 def test_known_names_ids_and_directories(tmp_path):
@@ -182,9 +192,11 @@ def test_lstm_groups_counts_and_causality():
         model.attention_maps(x)
 
 
-@pytest.mark.parametrize("backbone", ["gpt2-tiny", "lstm", "vit-base"])
-def test_export_then_load_as_pretrained(tmp_path, backbone):
-    model = build_model(make_cell(backbone=backbone, depth=1), make_spec())
+@pytest.mark.parametrize("backbone, depth", [
+    ("gpt2-tiny", 1), ("lstm", 1), ("vit-base", 1), ("attention@gpt2-tiny", None),
+    ("none@gpt2-tiny", None)])
+def test_export_then_load_as_pretrained(tmp_path, backbone, depth):
+    model = build_model(make_cell(backbone=backbone, depth=depth), make_spec())
     with torch.no_grad():
         for p in model.backbone.parameters():
             p.add_(0.5)  # stands for training
@@ -215,20 +227,14 @@ def test_a_random_backbone_cut_to_depth_k_is_the_first_k_blocks_of_the_whole_one
             assert torch.equal(p, mine[name]), name
 
 
-def test_plain_random_init_draws_gpt2s_output_projections_at_002_as_the_papers_transformers():
-    from transformers import GPT2Config
-
-    from fpt_core.backbones import registry
-
+def test_plain_random_init_draws_gpt2s_output_projections_at_002_as_the_papers_transformers(
+        monkeypatch):
     # Wider than gpt2-tiny so the spread of one draw is measured to a few per cent.
-    wide = registry.BackboneSpec("wide-gpt2", "hf", "test", lambda: GPT2Config(
-        n_layer=8, n_embd=256, n_head=4, n_positions=64, vocab_size=16))
-    registry.BACKBONES["wide-gpt2"] = wide
-    try:
-        scaled = dict(build_backbone("wide-gpt2", "random", seed=1).named_parameters())
-        plain = dict(build_backbone("wide-gpt2", "random", seed=1, random_init="plain").named_parameters())
-    finally:
-        del registry.BACKBONES["wide-gpt2"]
+    monkeypatch.setitem(registry.BACKBONES, "wide-gpt2", BackboneSpec(
+        "wide-gpt2", "hf", "test",
+        lambda: GPT2Config(n_layer=8, n_embd=256, n_head=4, n_positions=64, vocab_size=16)))
+    scaled = dict(build_backbone("wide-gpt2", "random", seed=1).named_parameters())
+    plain = dict(build_backbone("wide-gpt2", "random", seed=1, random_init="plain").named_parameters())
     projections = [n for n in plain if n.endswith("c_proj.weight")]
     assert len(projections) == 16
     for name in projections:
@@ -239,12 +245,109 @@ def test_plain_random_init_draws_gpt2s_output_projections_at_002_as_the_papers_t
 
 
 def test_random_init_is_taken_from_the_cell():
-    from fpt_core.cell import make_cell
-    from fpt_core.tasks import make_spec
-
     values = {"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random"}
-    plain = make_cell({**values, "random_init": "plain"})
-    model = build_model(plain, make_spec(plain))
+    plain = real_cell({**values, "random_init": "plain"})
+    model = build_model(plain, task_spec(plain))
     weight = model.backbone.model.h[0].mlp.c_proj.weight
-    default = build_model(make_cell(values), make_spec(plain)).backbone.model.h[0].mlp.c_proj.weight
+    default = build_model(real_cell(values), task_spec(plain)).backbone.model.h[0].mlp.c_proj.weight
     assert weight.std() > 1.6 * default.std()  # 0.02 vs 0.02 / sqrt(2 x 2)
+
+
+def test_each_kind_states_its_shape_for_the_flop_model(monkeypatch):
+    gpt2 = build_backbone("gpt2-tiny", "random")  # hidden 64, feed-forward 256, 2 blocks
+    block = ((64 * 192, "attention"), (64 * 64, "attention"),
+             (64 * 256, "feedforward"), (256 * 64, "feedforward"))
+    assert gpt2.matrices() == block * 2
+    assert gpt2.attention_shape() == (2, 64)
+    assert (gpt2.launch_units_per_block, gpt2.launch_units_per_token) == (1.0, 0.0)
+    attention = build_backbone("attention@gpt2-tiny", "random")
+    assert attention.matrices() == block[:2] and attention.attention_shape() == (1, 64)
+    none = build_backbone("none@gpt2-tiny", "random")
+    assert none.matrices() == () and none.attention_shape() == (0, 64)
+    register_tiny(monkeypatch)
+    lstm = build_backbone("tiny-lstm", "random")  # hidden 16, 2 layers
+    assert lstm.matrices() == ((16 * 64, "feedforward"), (16 * 64, "attention")) * 2
+    assert lstm.attention_shape() == (0, 0)
+    assert (lstm.launch_units_per_block, lstm.launch_units_per_token) == (0.0, 0.5)
+
+
+# ---------------------------------------------------------------- Tan et al. 2024's baselines
+
+def tan_counts(kind: str, base: str) -> dict[str, int]:
+    """Parameters per group of kind@base on bit-xor (10 tokens of 1 feature, 5 readout tokens of
+    2 classes), from the base's published shape."""
+    hidden, ff, token_type_rows = {"gpt2-tiny": (64, 256, 0), "minilm-l6": (384, 1536, 1)}[base]
+    blocks, has_ff = {"none": (0, 0), "attention": (1, 0), "block": (1, 1)}[kind]
+    return {
+        "input": hidden + hidden,
+        "positions": (10 + token_type_rows) * hidden,
+        # outside the blocks: GPT-2's final ln_f, BERT's embedding LayerNorm; in a block one
+        # before (GPT-2) or after (BERT) each sublayer; weight and bias each
+        "layernorm": 2 * hidden * (1 + blocks + has_ff),
+        "attention": blocks * 4 * (hidden * hidden + hidden),  # query, key, value, output
+        "feedforward": has_ff * (hidden * ff + ff + ff * hidden + hidden),
+        "output": hidden * 2 + 2,
+    }
+
+
+@pytest.mark.parametrize("base", ["gpt2-tiny", "minilm-l6"])
+@pytest.mark.parametrize("kind", ["none", "attention", "block"])
+def test_tan_baselines_have_the_bases_width_and_train_whole(kind, base):
+    model = build_model(make_cell(backbone=f"{kind}@{base}", trainable=GROUPS), make_spec())
+    expected = tan_counts(kind, base)
+    counts = param_counts(model)
+    assert {g: counts[g] for g in GROUPS} == expected
+    assert counts["trainable"] == counts["total"] == sum(expected.values())
+    assert model.backbone.n_blocks == (kind != "none")
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    x, y = torch.randn(4, 10, 1), torch.randint(0, 2, (4, 5))
+    loss = F.cross_entropy(model(x).reshape(-1, 2), y.reshape(-1))
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    unchanged = [n for n, p in model.named_parameters()
+                 if n in before and torch.equal(p, before[n])]
+    # a key bias adds the same amount to every score of a query, which softmax ignores
+    assert all(n.endswith("key.bias") for n in unchanged), unchanged
+
+
+@pytest.mark.parametrize("base", registry.transformer_names())
+def test_every_registry_transformer_reduces_to_its_attention_sublayer(base):
+    counts = param_counts(build_model(make_cell(backbone=f"attention@{base}"), make_spec(),
+                                      device="meta"))
+    assert counts["feedforward"] == 0 and counts["attention"] > 0 and counts["layernorm"] > 0
+
+
+def test_tan_names_exist_for_every_registry_transformer_and_nothing_else():
+    assert "lstm" not in registry.transformer_names() and len(registry.transformer_names()) == 10
+    assert "block@gpt2" in BACKBONES and "block@gpt2" not in backbone_names()
+    assert BACKBONES["attention@minilm-l6"].config is BACKBONES["minilm-l6"].config
+    for name in ("block@lstm", "block@nothing", "mlp@gpt2", "block@block@gpt2"):
+        assert name not in BACKBONES and not is_known_backbone(name)
+    with pytest.raises(ConfigError, match="block@lstm: the base after @ must be a registry "
+                                          "transformer; allowed: gpt2, "):
+        resolve("block@lstm")
+    with pytest.raises(ConfigError, match="^init: backbone block@gpt2 has no pretrained weights"):
+        build_backbone("block@gpt2", "pretrained")
+    with pytest.raises(ConfigError, match=r"^depth: 1 .* 0 blocks; allowed: null"):
+        build_backbone("none@gpt2-tiny", "random", depth=1)
+    assert (n_blocks_of("none@gpt2"), n_blocks_of("attention@gpt2-xl"),
+            n_blocks_of("block@vit-base")) == (0, 1, 1)
+    # GPT-2's random init scales c_proj by its depth: switches for a block of it, not for none
+    assert registry.random_init_matters("block@gpt2") and registry.random_init_matters("gpt2-tiny")
+    assert not registry.random_init_matters("none@gpt2")
+    assert not registry.random_init_matters("block@minilm-l6")
+
+
+def test_tiny_stand_ins_keep_each_kind_and_its_blocks(tmp_path):
+    names = ["block@gpt2", "attention@minilm-l6", "none@smollm2-135m", "vit-base", "lstm"]
+    written = registry.write_tiny_backbones(tmp_path, names)
+    for name in names:
+        spec = BACKBONES[name]
+        assert read_marker(written[name])["kind"] == spec.kind
+        loaded = build_backbone(str(written[name]), "pretrained")
+        assert type(loaded) is registry.KINDS[spec.kind]
+        assert (loaded.n_blocks, loaded.hidden) == (n_blocks_of(name), TINY["hidden"])
+    with pytest.raises(ConfigError, match="no tiny stand-in for 'gpt3'"):
+        registry.write_tiny_backbones(tmp_path, ["gpt3"])

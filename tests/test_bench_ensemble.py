@@ -1,67 +1,70 @@
+"""The shared-backbone measure: cells stepped together by the library's own step (one batched
+computation over frozen weights held once, a torch.optim.Adam per cell) against the same cells
+stepped one after another."""
 import pytest
 import torch
-import torch.nn.functional as F
 
-from fpt_core.cell import make_cell
-from fpt_bench.ensemble import SharedBackbone
-from fpt_core.model import build_model
-from fpt_core.tasks import make_task
+from fpt_bench import bench, ensemble, workload
+from fpt_core import together
+from fpt_core.train import step_together
 
-CELL = {"task": "digits", "backbone": "gpt2-tiny", "init": "random", "batch_size": 4,
-        "progress": False, "eval_size": 100}
+SETTINGS = bench.settings_from(bench.parse_args(["--tiny", "--device", "cpu", "--repeats", "1"]))
 
 
-def solo_steps(model, batches, lr, grad_clip, weight_decay):
-    """The trainer's step, alone: Adam, clip_grad_norm_, mean cross-entropy."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    losses = []
-    for x, y in batches:
-        logits = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return losses
+def members_and_alone(tmp_path, lrs, precision="fp32"):
+    spec = workload.make_spec("bit-xor")
+    cells = [workload.bench_cell(SETTINGS, "bit-xor", batch_size=4, lr=lr, precision=precision)
+             for lr in lrs]
+    pool = workload.TensorPool(spec, 4, pool=8)
+    tasks = [ensemble.Offset(pool, k) for k in range(len(cells))]
+    shared, members = ensemble.together_members(cells, spec, tasks, SETTINGS.device, tmp_path)
+    alone = [workload.build(c, spec, SETTINGS.device) for c in cells]
+    return cells, tasks, shared, members, alone
 
 
-def test_cells_stepped_together_end_where_each_ends_alone():
+def test_each_cell_holds_its_trainable_tensors_and_the_frozen_weights_are_held_once(tmp_path):
+    _, _, shared, members, _ = members_and_alone(tmp_path, [1e-3, 2e-3])
+    trainable = {n for n, p in shared.named_parameters() if p.requires_grad}
+    frozen = {n: p for n, p in shared.named_parameters() if not p.requires_grad}
+    assert trainable and frozen
+    for m in members:
+        assert set(m.tensors()) == trainable  # nothing frozen is copied per cell
+        assert all(t.data_ptr() != dict(shared.named_parameters())[n].data_ptr()
+                   for n, t in m.params.items())
+        assert [p for g in m.optimizer.param_groups for p in g["params"]] == list(m.params.values())
+    assert {g["lr"] for m in members for g in m.optimizer.param_groups} == {1e-3, 2e-3}
+
+
+def test_stepped_together_each_cell_ends_where_the_trainers_step_alone_takes_it(tmp_path):
     lrs = [1e-3, 3e-3, 1e-2]
-    cell = make_cell(CELL)
-    task = make_task(cell)
-    batches = [[task.train_batch(10 * k + s, 4) for s in range(5)] for k in range(3)]
-    alone = [build_model(cell, task.spec).eval() for _ in lrs]
-    together = [build_model(cell, task.spec).eval() for _ in lrs]
-    group = SharedBackbone(together, lrs, grad_clip=0.05, weight_decay=0.01)
-    group_losses = []
-    for s in range(5):
-        xs = torch.stack([batches[k][s][0] for k in range(3)])
-        ys = torch.stack([batches[k][s][1] for k in range(3)])
-        group_losses.append(group.train_step(xs, ys))
-    group.write_back(together)
-    for k, lr in enumerate(lrs):
-        losses = solo_steps(alone[k], batches[k], lr, grad_clip=0.05, weight_decay=0.01)
-        assert torch.allclose(torch.stack(group_losses)[:, k], torch.tensor(losses), rtol=1e-5, atol=1e-6)
-        for (name, a), b in zip(alone[k].named_parameters(), together[k].parameters()):
-            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
-    moved = [n for n, p in alone[0].named_parameters() if p.requires_grad]
-    assert moved and not torch.equal(group.params[moved[0]][0], group.params[moved[0]][2])
+    cells, tasks, shared, members, alone = members_and_alone(tmp_path, lrs)
+    for step in range(5):
+        together_losses = [loss.item() for loss, _, _ in
+                           step_together(members, shared, SETTINGS.device)]
+        for m in members:
+            m.state["step"] += 1
+        alone_losses = [workload.trainer_step(model, opt, params, task, cell, SETTINGS.device, step)
+                        for (model, params, opt), cell, task in zip(alone, cells, tasks)]
+        assert together_losses == pytest.approx(alone_losses, rel=1e-5)
+    for m, (model, _, _) in zip(members, alone):
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                torch.testing.assert_close(m.params[name], p, rtol=1e-4, atol=1e-5, msg=name)
+    moved = members[0].params["output_layer.weight"]
+    assert not torch.allclose(moved, members[2].params["output_layer.weight"])
 
 
-def test_frozen_weights_are_held_once():
-    cell = make_cell(CELL)
-    spec = make_task(cell).spec
-    models = [build_model(cell, spec) for _ in range(2)]
-    group = SharedBackbone(models, [1e-3, 1e-3])
-    assert all(p.data_ptr() == dict(models[0].named_parameters())[n].data_ptr()
-               for n, p in group.frozen.items() if n in dict(models[0].named_parameters()))
-    assert all(p.shape[0] == 2 for p in group.params.values())
+def test_the_measure_steps_every_cell_in_one_batched_computation(monkeypatch):
+    sizes = []
+    real = together.batched_logits
 
+    def counted(model, tensors, keys, xs):
+        sizes.append(len(tensors))
+        return real(model, tensors, keys, xs)
 
-def test_random_backbones_of_different_seeds_cannot_share():
-    spec = make_task(make_cell(CELL)).spec
-    models = [build_model(make_cell({**CELL, "seed": s}), spec) for s in (0, 1)]
-    with pytest.raises(ValueError, match="frozen weights"):
-        SharedBackbone(models, [1e-3, 1e-3])
+    monkeypatch.setattr(together, "batched_logits", counted)
+    (ln,) = ensemble.measure_shared(SETTINGS, "bit-xor")
+    assert sizes and set(sizes) == {SETTINGS.n_cells}
+    assert ln["measure"] == "shared_backbone" and ln["batch"] == 4 and ln["cells"] == SETTINGS.n_cells
+    assert ln["ours"] > 0 and ln["baseline"] > 0
+    assert ln["ratio"] == pytest.approx(ln["ours"] / ln["baseline"], rel=1e-3)

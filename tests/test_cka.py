@@ -9,7 +9,13 @@ import torch
 
 from fpt_core.cell import make_cell
 from fpt_core.cka import (
-    block_states, cka_figure, cka_matrix, cka_table, draw_cka, linear_cka, model_blocks,
+    block_states,
+    cka_figure,
+    cka_matrix,
+    cka_table,
+    draw_cka,
+    linear_cka,
+    model_blocks,
 )
 from fpt_core.model import build_model
 from fpt_core.tasks import make_spec
@@ -93,7 +99,7 @@ def test_constant_representation_is_nan_and_sizes_must_match():
 
 def fpt(backbone, init, task="bit-xor", depth=None, seed=0, precision="fp32"):
     cell = make_cell({"task": task, "backbone": backbone, "init": init, "depth": depth,
-                      "seed": seed, "device": "cpu", "precision": precision})
+                      "seed": seed, "precision": precision})
     return build_model(cell, make_spec(cell))
 
 

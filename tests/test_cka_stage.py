@@ -11,20 +11,19 @@ import yaml
 
 from fpt_core.cell import make_cell
 from fpt_core.cka import draw_cka_study, last_block_matrix, noise_floor, same_block
-from fpt_core.cka_stage import (
-    AFTER, BEFORE, COLUMNS, built_models, cka_models, task_table, trained_cell,
-)
+from fpt_core.cka_stage import AFTER, BEFORE, COLUMNS, built_models, cka_models, task_table
 from fpt_core.errors import ConfigError
-from fpt_core.grid import build, check_config
+from fpt_core.grid import build
+from fpt_core.schema import check
+from fpt_core.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
 @pytest.fixture(scope="module")
 def default():
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    return cfg, build(cfg)
+    return cfg, Study.from_config(cfg)
 
 
 def tiny_config(**cka):
@@ -42,9 +41,9 @@ def tiny_config(**cka):
 
 
 def test_default_config_compares_every_modality_on_mnist(default):
-    cfg, grid = default
-    check_config(cfg, SCHEMA)
-    models = cka_models(cfg, grid, "mnist")
+    cfg, study = default
+    grid = study.grid
+    models = study.cka_models()["mnist"]
     assert list(models) == ["language", "vision", "bit-memory", "random", "statistics"]
     assert models["language"].backbone == "minilm-l6" and models["language"].init == "pretrained"
     assert models["vision"].backbone == grid.pretrained_dir("vision-minilm")
@@ -56,13 +55,22 @@ def test_default_config_compares_every_modality_on_mnist(default):
 
 
 def test_default_config_picks_the_headline_fpt_as_the_trained_model(default):
-    cfg, grid = default
+    cfg, study = default
     for task in cfg["cka"]["tasks"]:
-        cell = grid.cells[trained_cell(cfg, grid, task)]
+        cell = study.grid.cells[study.cka_trained(task)]
         assert (cell.task, cell.seed, cell.init, cell.backbone) == (task, 0, "pretrained", "minilm-l6")
-    assert trained_cell(cfg, grid, "no-such-task") is None
-    assert trained_cell({**cfg, "cka": {"tasks": ["mnist"], "backbones": {"a": {}}}}, grid,
-                        "mnist") is None
+    assert study.cka_trained("no-such-task") is None
+    untrained = Study.from_config({**cfg, "cka": {"tasks": ["mnist"], "backbones": {"a": {}}}})
+    assert untrained.cka_trained("mnist") is None
+
+
+def test_a_cka_table_is_named_by_what_it_compares(default, tmp_path):
+    cfg, study = default
+    again = Study.from_config({**cfg, "study": "another"})
+    assert again.cka_table("mnist") == study.cka_table("mnist")  # studies share it
+    more = copy.deepcopy(cfg)
+    more["cka"]["examples"] = 500
+    assert Study.from_config(more).cka_table("mnist") != study.cka_table("mnist")
 
 
 def test_an_unknown_pipeline_backbone_names_its_key():
@@ -83,12 +91,10 @@ def test_a_bad_cell_setting_names_its_key():
     ({"backbones": {}}, "backbones"), ({"extra": 1}, "extra"),
 ])
 def test_schema_refuses_bad_cka_blocks(change, key):
-    from fpt_core.grid import check_config as check
-
     cfg = copy.deepcopy(tiny_config())
     cfg["cka"].update(change)
     with pytest.raises(ConfigError, match=key):
-        check(cfg, SCHEMA)
+        check(cfg)
 
 
 # ---------------------------------------------------------------- computing
@@ -110,8 +116,7 @@ def trained_model(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("cell")
     cell = make_cell({"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random", "steps": 30,
-                      "lr": 1e-2, "eval_every": 30, "batch_size": 16, "eval_size": 32,
-                      "device": "cpu", "progress": False})
+                      "lr": 1e-2, "eval_every": 30, "batch_size": 16, "eval_size": 32})
     train_cell(cell, out)
     return out / "model.pt"
 

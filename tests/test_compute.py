@@ -1,8 +1,10 @@
 """The study's compute table: every trained cell's wall time, shared cells counted once overall."""
+import re
+
 import pandas as pd
 import pytest
 
-from fpt_core.compute import TOTAL, compute_table, draw_compute
+from fpt_core.compute import TOTAL, compute_table, compute_title, draw_compute
 
 
 def member(cell, ablation, task, status="finished", minutes=0.0, device="cpu"):
@@ -56,3 +58,34 @@ def test_the_table_and_figure_are_written(tmp_path):
     md = (tmp_path / "c.md").read_text()
     assert md.startswith("# t\n") and "| whole study" in md and "3.10" in md
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_title_is_the_study_name_in_the_pipelines_words(tmp_path):
+    AGGREGATE.to_parquet(tmp_path / "aggregate.parquet")
+    draw_compute(tmp_path / "aggregate.parquet", tmp_path / "c.png", tmp_path / "c.md",
+                 study="default")
+    assert (tmp_path / "c.md").read_text().startswith("# compute of the default study\n")
+    assert compute_title("paper") == "compute of the paper study"
+    with pytest.raises(TypeError, match="give the study's name"):
+        draw_compute(tmp_path / "aggregate.parquet", tmp_path / "c.png", tmp_path / "c.md")
+
+
+def test_a_redraw_from_the_same_aggregate_gives_the_same_bytes(tmp_path):
+    AGGREGATE.to_parquet(tmp_path / "aggregate.parquet")
+    drawn = []
+    for attempt in range(2):
+        draw_compute(tmp_path / "aggregate.parquet", tmp_path / "c.png", tmp_path / "c.md",
+                     study="default", tex=tmp_path / "c.tex")
+        drawn.append([(tmp_path / f"c.{ext}").read_bytes() for ext in ("md", "png", "tex")])
+    assert drawn[0] == drawn[1]
+
+
+def test_the_latex_table_holds_the_markdowns_numbers(tmp_path):
+    AGGREGATE.to_parquet(tmp_path / "aggregate.parquet")
+    draw_compute(tmp_path / "aggregate.parquet", tmp_path / "c.png", tmp_path / "c.md",
+                 study="my_study", tex=tmp_path / "c.tex")
+    latex, md = (tmp_path / "c.tex").read_text(), (tmp_path / "c.md").read_text()
+    assert r"\toprule" in latex and r"compute of the my\_study study" in latex
+    body = latex.split(r"\midrule")[1]
+    numbers = lambda text: sorted(re.findall(r"\d+\.\d+", text))
+    assert numbers(body) == numbers(md.split("\n\n")[-1]) and "3.10" in body

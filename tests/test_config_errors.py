@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fpt_core.cell import ConfigError
-from fpt_core.grid import build, check_config
+from fpt_core.errors import ConfigError
+from fpt_core.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 GOOD = {
     "defaults": {"backbone": "gpt2-tiny", "init": "random", "steps": 10, "batch_size": 4},
@@ -43,7 +42,16 @@ CASES = [
     (with_("ablations.headline.colour", "red"), "colour"),
     (with_("axes.sed", [0]), "sed"),
     (with_("trian", {"threads": 1}), "trian"),
-    (with_("train.gpus", 1), "gpus"),
+    (with_("train.gpu_count", 1), "gpu_count"),
+    (with_("train.gpus", -1), "gpus"),
+    (with_("train.device", "cuda:x"), "device"),
+    (with_("defaults.val_size", 0), "val_size"),
+    (with_("defaults.stop", "early"), "stop"),
+    (with_("defaults.padding", "middle"), "padding"),
+    (with_("ablations.headline.select", {"over": "lr", "by": "test"}), "select.by"),
+    (with_("attention", {"ablation": "headline", "label": "fpt", "tasks": ["no-such-task"]}),
+     "attention.tasks[0]"),
+    (with_("cka", {"tasks": ["no-such-task"], "backbones": {"a": {}}}), "cka.tasks[0]"),
     # unknown names
     (with_("axes.task", ["imagenet"]), "task"),
     (with_("axes.task", ["bit-xor", "mnits"]), "task"),
@@ -112,14 +120,12 @@ CASES = [
 
 def refuse(config) -> str:
     with pytest.raises(ConfigError) as error:
-        check_config(config, SCHEMA)
-        build(config)
+        Study.from_config(config)
     return str(error.value)
 
 
 def test_the_good_config_is_accepted():
-    check_config(GOOD, SCHEMA)
-    assert len(build(GOOD).cells) == 2
+    assert len(Study.from_config(GOOD).grid.cells) == 2
 
 
 def test_at_least_fifty_malformed_configs():
@@ -153,8 +159,17 @@ def test_duplicate_ablation_names_are_refused(tmp_path):
     assert "ablations" in result.stderr + result.stdout and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("config, key", [CASES[0], CASES[6], CASES[33], CASES[-2]],
-                         ids=["unknown-key", "unknown-task", "zero-lr", "pretrain-seed"])
+def case(key: str, value) -> tuple[dict, str]:
+    return next((config, k) for config, k in CASES if k == key and value(config))
+
+
+@pytest.mark.parametrize("config, key", [
+    case("lrr", lambda c: True),
+    case("task", lambda c: c["axes"]["task"] == ["imagenet"]),
+    case("lr", lambda c: c["defaults"].get("lr") == 0),
+    case("seed", lambda c: "pretrain" in c),
+    case("select.by", lambda c: True),
+], ids=["unknown-key", "unknown-task", "zero-lr", "pretrain-seed", "select-on-test"])
 def test_snakemake_refuses_before_any_job_without_a_traceback(tmp_path, config, key):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -1,15 +1,16 @@
-import shlex
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import yaml
 
-from fpt_core.cell import FPT_GROUPS, GROUPS, NON_IDENTITY, Cell, ConfigError, make_cell, parse_overrides
-from fpt_core.grid import build, cell_args, check_config, expand, run_args
+from fpt_core import schema
+from fpt_core.cell import FPT_GROUPS, GROUPS, Cell, ConfigError, make_cell
+from fpt_core.grid import build, expand
+from fpt_core.run import Resources, Run
+from fpt_core.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def config(**ablations):
@@ -25,7 +26,8 @@ def test_ablation_is_the_product_of_rows_and_axes_in_order():
     assert len(points) == 2 * 2 * 2  # rows x tasks x seeds
     assert [(p.label, p.values["task"], p.values["seed"]) for p in points[:3]] == [
         ("fpt", "bit-xor", 0), ("fpt", "bit-xor", 1), ("fpt", "bit-memory", 0)]
-    assert points[-1].values["trainable"] == list(GROUPS)  # the alias, expanded
+    assert points[-1].values["trainable"] == "all"
+    assert build(config(a={"rows": {"full": {"trainable": "all"}}})).cells.popitem()[1].trainable == GROUPS
 
 
 def test_ablation_axes_replace_the_shared_ones():
@@ -99,15 +101,11 @@ def test_backbone_under_backbones_must_be_pretrained_by_the_pipeline():
     assert not set(build(cfg).cells) & set(grid.cells)
 
 
-def test_cell_args_rebuild_the_same_cell():
+def test_a_cell_travels_as_its_dict_and_comes_back_the_same():
     cfg = config(a={"rows": {"r": {"trainable": ["output", "layernorm"], "threshold": 0.9, "lr": 3e-4}}})
-    cfg["train"] = {"device": "cpu", "data_dir": "elsewhere", "checkpoint_every": 7}
-    grid = build(cfg)
-    for cell in grid.cells.values():
-        args = shlex.split(cell_args(cell)) + shlex.split(run_args(cfg))
-        again = make_cell(parse_overrides(args))
+    for cell in build(cfg).cells.values():
+        again = make_cell(cell.to_dict())
         assert again.id == cell.id and again == cell
-        assert again.device == "cpu" and again.data_dir == "elsewhere" and again.progress is False
 
 
 @pytest.mark.parametrize("bad, key", [
@@ -123,49 +121,63 @@ def test_cell_args_rebuild_the_same_cell():
 ])
 def test_schema_errors_are_one_line_naming_the_key(bad, key):
     with pytest.raises(ConfigError) as e:
-        check_config(bad, SCHEMA)
+        schema.check(bad)
     message = str(e.value)
     assert message.startswith(f"config {key}:") and "\n" not in message
 
 
+def test_a_run_setting_in_a_cell_block_says_where_it_belongs():
+    with pytest.raises(ConfigError, match=r"defaults\.device: unknown key \(set it in the train: block\)"):
+        schema.check({"defaults": {"device": "cuda"}, "ablations": {"a": {}}})
+
+
 def test_enum_errors_list_the_allowed_values():
     with pytest.raises(ConfigError, match="allowed: pretrained, random, statistics$"):
-        check_config({"ablations": {"a": {"set": {"init": "xavier"}}}}, SCHEMA)
+        schema.check({"ablations": {"a": {"set": {"init": "xavier"}}}})
 
 
-def test_schema_covers_exactly_the_configurable_cell_fields():
-    schema = yaml.safe_load(SCHEMA.read_text())
-    configurable = {f.name for f in fields(Cell)} - set(NON_IDENTITY)
-    assert set(schema["$defs"]["cell"]["properties"]) == configurable
-    assert set(schema["$defs"]["axes"]["properties"]) == configurable
-    assert set(schema["properties"]["train"]["properties"]) >= set(NON_IDENTITY) - {"progress"}
-    excludable = schema["$defs"]["ablation"]["properties"]["exclude"]["items"]["propertyNames"]["enum"]
-    assert set(excludable) == configurable | {"label"}
+def test_the_schema_is_made_from_the_fields_the_code_declares():
+    loaded = schema.load()
+    cell = {f.name for f in fields(Cell)}
+    assert set(loaded["$defs"]["cell"]["properties"]) == cell
+    assert set(loaded["$defs"]["axes"]["properties"]) == cell
+    assert set(loaded["properties"]["train"]["properties"]) == {
+        f.name for f in (*fields(Run), *fields(Resources))}
+    excludable = loaded["$defs"]["ablation"]["properties"]["exclude"]["items"]["propertyNames"]["enum"]
+    assert set(excludable) == cell | {"label"}
+    props = loaded["$defs"]["cell"]["properties"]
+    assert props["init"]["enum"] == ["pretrained", "random", "statistics"]
+    assert props["lr"]["exclusiveMinimum"] == 0 and props["dropout"]["exclusiveMaximum"] == 1
+    assert props["depth"]["type"] == ["integer", "null"] and props["depth"]["minimum"] == 1
+    assert set(props["padding"]["enum"]) == {"left", "right", None}
+    assert all(g in loaded["$defs"]["trainable"]["oneOf"][1]["pattern"] for g in GROUPS)
 
 
-def test_schema_enumerations_are_the_pythons():
-    from fpt_core.cell import CHOICES, GROUPS
+def test_schema_enumerations_that_are_typed_are_the_pythons():
     from fpt_core.figures import FIGURES
-    from fpt_core.metrics import LOGGERS
 
-    schema = yaml.safe_load(SCHEMA.read_text())
-    cell = schema["$defs"]["cell"]["properties"]
-    for key, allowed in CHOICES.items():
-        if "enum" in cell.get(key, {}):
-            assert tuple(cell[key]["enum"]) == tuple(allowed), key
-    assert tuple(schema["$defs"]["groups"]["enum"]) == GROUPS
-    pattern = schema["$defs"]["trainable"]["oneOf"][1]["pattern"]
-    assert all(g in pattern for g in GROUPS) and "fpt|all" in pattern
-    assert tuple(schema["$defs"]["ablation"]["properties"]["figure"]["enum"]) == tuple(FIGURES)
-    assert tuple(schema["properties"]["train"]["properties"]["metrics"]["items"]["enum"]) == LOGGERS
-    assert tuple(schema["properties"]["train"]["properties"]["device"]["enum"]) == CHOICES["device"]
+    loaded = schema.load()
+    assert tuple(loaded["$defs"]["ablation"]["properties"]["figure"]["enum"]) == tuple(FIGURES)
+
+
+def test_a_new_field_is_one_line(monkeypatch):
+    """A field declared on the Cell is a key of every cell block, axis and exclusion at once."""
+    import dataclasses
+
+    from fpt_core import cell as cells
+
+    extra = dataclasses.make_dataclass(
+        "Cell", [("warmup", "int", cells.declare(0, "warm-up steps", low=0))], bases=(Cell,))
+    monkeypatch.setattr(schema, "Cell", extra)
+    loaded = schema.load()
+    assert loaded["$defs"]["cell"]["properties"]["warmup"]["minimum"] == 0
+    assert "warmup" in loaded["$defs"]["axes"]["properties"]
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "paper.yaml"])
 def test_shipped_configs_are_valid(name):
     cfg = yaml.safe_load((ROOT / "config" / name).read_text())
-    check_config(cfg, SCHEMA)
-    grid = build(cfg)
+    grid = Study.from_config(cfg).grid
     assert len(grid.cells) <= len(expand(cfg))
     assert {m.ablation for m in grid.members} == set(cfg["ablations"])
     assert all(c.trainable for c in grid.cells.values())
@@ -206,5 +218,6 @@ def test_a_row_whose_cells_differ_in_more_than_the_seed_is_refused():
 def test_a_backbone_directory_that_does_not_exist_is_refused_before_any_job(tmp_path):
     cfg = {"axes": {"task": ["bit-xor"]}, "ablations": {"a": {"rows": {
         "mine": {"backbone": str(tmp_path / "nowhere"), "init": "pretrained"}}}}}
-    with pytest.raises(ConfigError, match=r"ablations.a.rows.mine.backbone: backbone directory .*nowhere does not exist"):
+    with pytest.raises(ConfigError,
+                       match=r"ablations.a.rows.mine.backbone: backbone directory .*nowhere does not exist"):
         build(cfg)

@@ -8,10 +8,9 @@ import time
 
 import pandas as pd
 import pytest
+from test_pipeline import snakemake, tiny, workdir
 
 from fpt_core import results
-
-from test_pipeline import snakemake, tiny, workdir
 
 
 def summaries(where):

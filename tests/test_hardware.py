@@ -76,6 +76,36 @@ def test_fallback_runs_fp32_and_native_hardware_keeps_bf16():
     assert hardware.check_precision("bf16", CUDA, True, capability=(7, 5)) == "fp32"
 
 
+def test_tf32_needs_an_ampere_gpu_and_is_refused_in_one_line_elsewhere():
+    with pytest.raises(ConfigError) as err:
+        hardware.check_precision("tf32", CPU, False, flags=hardware.cpu_flags(SAPPHIRE_RAPIDS),
+                                 name="Intel Xeon")
+    msg = str(err.value)
+    assert msg.startswith("precision: tf32 needs the TF32 tensor cores") and "\n" not in msg
+    assert "CPU (Intel Xeon)" in msg and "allowed here: fp32" in msg
+    with pytest.raises(ConfigError, match=r"GPU \(Tesla V100\)"):
+        hardware.check_precision("tf32", CUDA, False, capability=(7, 0), name="Tesla V100")
+    assert hardware.check_precision("tf32", CUDA, False, capability=(8, 0)) == "tf32"
+    assert hardware.check_precision("tf32", CPU, True, flags=set()) == "fp32"
+
+
+def test_a_named_gpu_decides_the_precision_where_the_jobs_device_is_not_visible():
+    assert hardware.fall_back({"precision": "tf32"}, None, True, gpu="a100-80gb") == {"precision": "tf32"}
+    assert hardware.fall_back({"precision": "tf32"}, None, True, gpu="v100") == {"precision": "fp32"}
+    assert hardware.fall_back({"precision": "bf16"}, None, True, gpu="v100") == {"precision": "fp32"}
+    with pytest.raises(ConfigError, match=r"^precision: tf32 is not native on the NVIDIA V100"):
+        hardware.fall_back({"precision": "tf32"}, None, False, gpu="v100")
+
+
+def test_tf32_is_on_for_a_tf32_cell_and_off_for_others_then_restored():
+    before = torch.backends.cuda.matmul.allow_tf32
+    with hardware.precision_context("tf32", CUDA):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    with hardware.precision_context("fp32", CUDA):
+        assert not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
 def test_fp32_runs_everywhere():
     assert hardware.check_precision("fp32", CPU, False, flags=set()) == "fp32"
     assert hardware.check_precision("fp32", CUDA, False, capability=(6, 1)) == "fp32"
@@ -109,8 +139,9 @@ def test_a_bf16_cell_is_refused_or_falls_back_to_the_fp32_cell_before_training(m
     from fpt_core.cell import make_cell
 
     monkeypatch.setattr(hardware, "cpu_flags", lambda text=None: NO_BF16)
-    args = ["train", "task=bit-xor", "backbone=gpt2-tiny", "init=random", "precision=bf16",
-            "device=cpu", "steps=2", "eval_every=2", "eval_size=10", "progress=false"]
+    cell_args = ["task=bit-xor", "backbone=gpt2-tiny", "init=random", "precision=bf16", "steps=2",
+                 "eval_every=2", "eval_size=10"]
+    args = ["train", *cell_args, "device=cpu", "progress=false"]
     assert cli.main([*args, f"out={tmp_path / 'refused'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: precision: bf16 is not native on this CPU")
@@ -118,7 +149,7 @@ def test_a_bf16_cell_is_refused_or_falls_back_to_the_fp32_cell_before_training(m
 
     assert cli.main([*args, "precision_fallback=true", f"out={tmp_path / 'fp32'}"]) == 0
     summary = pd.read_parquet(tmp_path / "fp32" / "summary.parquet").iloc[0]
-    fp32 = make_cell({k.split("=")[0]: k.split("=")[1] for k in args[1:]} | {"precision": "fp32"})
+    fp32 = make_cell({k.split("=")[0]: k.split("=")[1] for k in cell_args} | {"precision": "fp32"})
     assert summary["precision"] == "fp32" and summary["cell_id"] == fp32.id
     assert "training the fp32 cell" in capsys.readouterr().err
 

@@ -11,12 +11,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+import fpt_core.train as train_mod
 from fpt_core import results
 from fpt_core.cell import make_cell
-import fpt_core.train as train_mod
+from fpt_core.run import Run
 
-CELL = {"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random", "progress": False,
-        "steps": 60, "eval_every": 20, "checkpoint_every": 10, "eval_size": 128, "seed": 3}
+CELL = {"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random", "steps": 60, "eval_every": 20,
+        "eval_size": 128, "seed": 3}
+RUN = Run(progress=False, checkpoint_every=10)
 VOLATILE = ["wall_time_s", "finished_at", "hostname"]
 
 
@@ -35,8 +37,8 @@ def arm(kind: str, n: int) -> None:
     if kind == "step":
         real = train_mod.make_task
 
-        def make_task(cell):
-            task = real(cell)
+        def make_task(cell, **kw):
+            task = real(cell, **kw)
             batch = task.train_batch
             task.train_batch = lambda step, bs: die() if hit() else batch(step, bs)
             return task
@@ -72,7 +74,7 @@ def arm(kind: str, n: int) -> None:
 def run_killed(out_dir: Path, kind: str, n: int) -> int:
     def child():
         arm(kind, n)
-        train_mod.train_cell(make_cell(CELL), out_dir)
+        train_mod.train_cell(make_cell(CELL), out_dir, RUN)
 
     proc = multiprocessing.get_context("fork").Process(target=child)
     proc.start()
@@ -88,7 +90,7 @@ def comparable(out_dir):
 @pytest.mark.slow
 def test_ten_random_kills_each_resume_to_identical_results(tmp_path):
     reference = tmp_path / "reference"
-    train_mod.train_cell(make_cell(CELL), reference)
+    train_mod.train_cell(make_cell(CELL), reference, RUN)
     expected = comparable(reference)
     rng = random.Random(20211)
     kinds = {"step": 60, "rename": 12, "checkpoint-bytes": 6, "parquet": 2, "cleanup": 1}
@@ -100,7 +102,7 @@ def test_ten_random_kills_each_resume_to_identical_results(tmp_path):
         assert code == -signal.SIGKILL, (kind, n, code)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the warnings about half-written files are expected
-            train_mod.train_cell(make_cell(CELL), out)
+            train_mod.train_cell(make_cell(CELL), out, RUN)
         for got, want in zip(comparable(out), expected):
             pd.testing.assert_frame_equal(got, want, obj=f"kill {i}: {kind} #{n}")
         assert not (out / results.CHECKPOINT).exists()

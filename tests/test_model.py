@@ -1,14 +1,24 @@
-"""The FPT: paper parameter counts, shapes, readout, trainable groups, seeding, attention maps."""
+"""The FPT: paper parameter counts, shapes, readout, trainable groups, seeding, attention maps,
+dropout everywhere the cell asks, ViT blocks as timm computes them."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import json
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
+from _models import dropout_rates, register_tiny
+from torch import nn
 
+from fpt_core.backbones import BACKBONES, build_backbone
+from fpt_core.backbones.hf import HFBackbone
+from fpt_core.backbones.offline import minilm_dir
 from fpt_core.cell import FPT_GROUPS, GROUPS, ConfigError
+from fpt_core.dropout import COUNTER_ATTENTION
+from fpt_core.features import readout_features
 from fpt_core.model import build_model, param_counts
 
 torch.set_num_threads(1)
@@ -188,7 +198,8 @@ def test_attention_maps_per_block_causal_and_normalised():
     torch.testing.assert_close(maps[0].sum(-1), torch.ones(2, 2, 16))
     assert torch.count_nonzero(torch.triu(maps[0], diagonal=1)) == 0  # GPT-2 is causal
     assert model.training
-    assert model.backbone.model.config._attn_implementation == "sdpa"
+    # back to the attention it trains with: torch's fused kernel, counter-based dropout
+    assert model.backbone.model.config._attn_implementation == COUNTER_ATTENTION
 
 
 def test_more_tokens_than_backbone_positions_is_a_config_error():
@@ -214,3 +225,117 @@ def test_real_cell_and_task_spec():
     model = build_model(cell, spec)
     x = torch.zeros(2, spec.n_tokens, spec.input_dim)
     assert model(x).shape == (2, spec.n_predictions, spec.n_classes)
+
+
+# ---------------------------------------------------------------- dropout: the cell's, everywhere
+
+@pytest.mark.parametrize("backbone",
+                         ["gpt2-tiny", "tiny-bert", "tiny-llama", "tiny-vit", "tiny-lstm"])
+def test_the_cells_dropout_is_every_dropout_of_the_model(monkeypatch, backbone):
+    register_tiny(monkeypatch)
+    spec, x = make_spec(n_tokens=16), torch.randn(2, 16, 48)
+    model = build_model(make_cell(backbone=backbone, dropout=0.3), spec)
+    assert dropout_rates(model) == {0.3}
+    with torch.no_grad():
+        assert not torch.equal(model.train()(x), model.eval()(x))  # and it acts
+    assert dropout_rates(build_model(make_cell(backbone=backbone, dropout=0.0), spec)) == {0.0}
+
+
+@pytest.mark.parametrize("backbone", ["gpt2-tiny", "tiny-bert", "tiny-llama"])
+def test_without_dropout_train_mode_is_eval_mode_and_cached_features_are_the_live_ones(
+        monkeypatch, backbone):
+    register_tiny(monkeypatch)
+    spec, x = make_spec(n_tokens=16, n_readout=4, n_predictions=4), torch.randn(3, 16, 48)
+    model = build_model(make_cell(backbone=backbone, dropout=0.0), spec)
+    live: list[torch.Tensor] = []
+    hook = model.output_layer.register_forward_hook(lambda m, args, out: live.append(args[0]))
+    with torch.no_grad():
+        trained = model.train()(x)
+        assert torch.equal(trained, model.eval()(x))
+    hook.remove()
+    cached = readout_features(model.train(), x)
+    assert torch.equal(cached, live[0]) and cached.shape == (3, 4, model.backbone.hidden)
+
+
+@pytest.mark.parametrize("name, keys", [
+    ("gpt2", {"attn_pdrop", "embd_pdrop", "resid_pdrop"}),
+    ("bert-base", {"hidden_dropout_prob", "attention_probs_dropout_prob"}),
+    ("minilm-l6", {"hidden_dropout_prob", "attention_probs_dropout_prob"}),
+])
+def test_a_dropout_of_01_is_the_pretrained_configs_own(name, keys):
+    config = BACKBONES[name].config()
+    overrides = HFBackbone.config_overrides(config, 0.1)
+    assert keys <= overrides.keys()
+    assert overrides == {key: getattr(config, key) for key in overrides}  # it changes none
+
+
+def test_minilm_l6_ships_with_dropout_01():
+    packaged = json.loads((minilm_dir() / "config.json").read_text())
+    assert packaged["hidden_dropout_prob"] == packaged["attention_probs_dropout_prob"] == 0.1
+    assert dropout_rates(build_backbone("minilm-l6", "pretrained", dropout=0.1)) == {0.1}
+
+
+# ---------------------------------------------------------------- ViT as timm ran it
+
+class TimmBlock(nn.Module):
+    """timm's vision_transformer.Block of early 2021 as vit_base_patch16_224 builds it, written
+    out: LayerNorm eps 1e-6, one fused qkv matrix, explicit softmax attention, a GELU MLP with
+    dropout after the activation and after fc2, and dropout after the attention projection
+    (drop_rate). Attention-probability dropout is left out (its masks cannot be matched)."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, drop: float, eps: float = 1e-6):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.proj_drop, self.drop1, self.drop2 = (nn.Dropout(drop) for _ in range(3))
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(B, N, 3, self.heads, C // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = ((q @ k.transpose(-2, -1)) * (C // self.heads) ** -0.5).softmax(dim=-1)
+        x = x + self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(B, N, C)))
+        return x + self.drop2(self.fc2(self.drop1(F.gelu(self.fc1(self.norm2(x))))))
+
+    @torch.no_grad()
+    def copy_from(self, layer: nn.Module) -> "TimmBlock":
+        """The weights of a transformers ViTLayer."""
+        a = layer.attention
+        self.qkv.weight.copy_(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
+        self.qkv.bias.copy_(torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]))
+        for mine, theirs in ((self.proj, a.o_proj), (self.norm1, layer.layernorm_before),
+                             (self.norm2, layer.layernorm_after), (self.fc1, layer.mlp.fc1),
+                             (self.fc2, layer.mlp.fc2)):
+            mine.load_state_dict(theirs.state_dict())
+        return self
+
+
+def test_a_vit_block_computes_timms_block(monkeypatch):
+    register_tiny(monkeypatch)
+    vit = build_backbone("tiny-vit", "random", seed=1, dropout=0.0).eval()
+    block = vit.blocks()[0]
+    x = 1e-3 * torch.randn(2, 7, 32)  # variance near 1e-6, where eps 1e-6 and 1e-12 part ways
+    with torch.no_grad():
+        ours = block(x)
+        torch.testing.assert_close(ours, TimmBlock(32, 2, 64, 0.0).copy_from(block)(x),
+                                   rtol=1e-5, atol=1e-6)
+        hub_eps = TimmBlock(32, 2, 64, 0.0, eps=1e-12).copy_from(block)
+        assert not torch.allclose(ours, hub_eps(x), rtol=1e-2, atol=1e-4)
+    assert {m.eps for m in vit.modules() if isinstance(m, nn.LayerNorm)} == {1e-6}
+
+
+def test_a_vit_block_drops_out_where_timms_does(monkeypatch):
+    register_tiny(monkeypatch)
+    block = build_backbone("tiny-vit", "random", seed=1, dropout=0.3).blocks()[0]
+    block.attention.attention_dropout = 0.0  # its fused kernel's masks cannot be reproduced
+    reference = TimmBlock(32, 2, 64, 0.3).copy_from(block)
+    x = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        ours = block.train()(x)
+        torch.manual_seed(5)
+        theirs = reference.train()(x)
+        assert not torch.allclose(ours, block.eval()(x))  # dropout was on
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)

@@ -27,11 +27,9 @@ CELLS_DIR = "results/cells"  # one directory per cell, named by its id
 SUMMARY = "summary.parquet"
 CHECKPOINT = "checkpoint.pt"  # present while a cell is unfinished
 TRAIN_LOG = "logs/train/{cell}.log"
+PACK_LOGS = "logs/train/pack-*.log"  # a training job's log: its pack's name, its cells' ids
 JOB_ID_COLUMN = "slurm_job_id"
 RESUMED = re.compile(r"resumed from step (\d+)")
-# The train rule asks for a GPU only with `device: cuda`; the CI cluster's fake GPUs are
-# scheduled like real ones while training stays on the CPU.
-EXTRA_ARGS = ["--set-resources", "train:gpu=1", "train_pack:gpu=1"]
 RUN_TIMEOUT_S = 900
 CANCEL_WITHIN_S = 300
 
@@ -43,8 +41,10 @@ def cell_config(seeds: list[int], steps: int, eval_every: int) -> dict:
                      "eval_size": 100},
         "axes": {"task": ["bit-xor"], "seed": seeds},
         "ablations": {"slurm": {"title": "cells as Slurm jobs", "rows": {"fpt": {}}}},
-        "train": {"threads": 1, "mem_mb": 1000, "runtime": 10, "device": "cpu", "group": None,
-                  "data_dir": "data", "checkpoint_every": 20},
+        # gpus: 1, a GPU per job on the CI cluster's fake GPUs, scheduled like real ones while
+        # training stays on the CPU
+        "train": {"threads": 1, "mem_mb": 1000, "runtime": 10, "device": "cpu", "gpus": 1,
+                  "group": None, "data_dir": "data", "checkpoint_every": 20},
     }
 
 
@@ -85,7 +85,7 @@ def start_pipeline(workdir: Path, config: dict) -> tuple[subprocess.Popen, Path]
     command = [sys.executable, "-m", "snakemake", TARGET, "--cores", "8"]
     for profile in PROFILES:
         command += ["--profile", profile]
-    command += ["--directory", str(workdir), "--configfile", str(config_file), *EXTRA_ARGS]
+    command += ["--directory", str(workdir), "--configfile", str(config_file)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            # jobs run `fpt` from the submitting environment (sbatch --export=ALL)
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -132,14 +132,17 @@ def slurm_job(job_id: str) -> dict[str, str]:
     return dict(field.split("=", 1) for field in out.split() if "=" in field)
 
 
-def running_job_of(cell_id: str) -> str | None:
-    """The RUNNING Slurm job whose batch script trains `cell_id` (group jobs name no cell)."""
+def running_job_of(workdir: Path, cell_id: str) -> str | None:
+    """The RUNNING Slurm job whose batch script trains `cell_id`: the job of the pack whose log
+    names the cell (a job's rule is train_<pack>)."""
+    packs = [log.name.removeprefix("pack-").removesuffix(".log")
+             for log in workdir.glob(PACK_LOGS) if cell_id in log.read_text(errors="replace")]
     jobs = subprocess.run(["squeue", "--noheader", "--states=RUNNING", "--format=%i"],
                           capture_output=True, text=True).stdout.split()
     for job_id in jobs:
         script = subprocess.run(["scontrol", "write", "batch_script", job_id, "-"],
                                 capture_output=True, text=True).stdout
-        if f"cell={cell_id}" in script:
+        if any(f"train_{pack}" in script for pack in packs):
             return job_id
     return None
 
@@ -192,7 +195,8 @@ def test_cancelled_job_is_resubmitted_and_resumes_from_its_checkpoint(tmp_path):
         while cancelled is None and time.monotonic() < deadline:
             assert process.poll() is None, f"snakemake ended before a cancel:\n{tail(log)}"
             for checkpoint in (tmp_path / CELLS_DIR).glob(f"*/{CHECKPOINT}"):
-                cell, cancelled = checkpoint.parent.name, running_job_of(checkpoint.parent.name)
+                cell = checkpoint.parent.name
+                cancelled = running_job_of(tmp_path, cell)
                 break
             time.sleep(0.5)
         assert cancelled is not None, f"no running job with a checkpoint:\n{tail(log)}"

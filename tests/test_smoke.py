@@ -7,16 +7,22 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from transformers import AutoModel
 
 from fpt_core import grid, smoke
 from fpt_core.backbones import BACKBONES, build_backbone, n_blocks_of
-from fpt_core.backbones.base import read_marker
+from fpt_core.backbones.base import TINY, read_marker
+from fpt_core.backbones.hf import HFBackbone
 from fpt_core.backbones.lstm import LSTMBackbone
+from fpt_core.backbones.registry import kind_of, write_tiny_backbones
 from fpt_core.cell import make_cell
 from fpt_core.errors import ConfigError, DataError
 from fpt_core.model import build_model, export_backbone
+from fpt_core.run import Run
 from fpt_core.tasks import make_spec, make_task
-from fpt_core.train import train_cell
+from fpt_core.tasks.images import MNIST
+from fpt_core.tasks.listops import ListOps
+from fpt_core.train import load_trained, train_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_TASKS = ["bit-memory", "bit-xor", "listops", "mnist", "cifar10", "cifar10-lra", "remote-homology"]
@@ -30,20 +36,26 @@ ALL = ["input", "positions", "layernorm", "attention", "feedforward", "output"]
 def smoke_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
     data = smoke.write_fixtures(root / "data")
-    smoke.write_tiny_backbones(root / "backbones", TINY_NAMES)
+    write_tiny_backbones(root / "backbones", TINY_NAMES)
     return root / "backbones", data
 
 
 def smoke_cell(smoke_dirs, **values):
-    return make_cell({"progress": False, **smoke.smoke_cell_values(values, *smoke_dirs)})
+    return make_cell(smoke.smoke_cell_values(values, smoke_dirs[0]))
+
+
+def smoke_run(smoke_dirs) -> Run:
+    """The run settings of a smoke study: its fixtures, the CPU."""
+    return Run(data_dir=str(smoke_dirs[1]), device="cpu", progress=False)
 
 
 # ---------------------------------------------------------------- fixtures
 
 @pytest.mark.parametrize("name", PAPER_TASKS)
 def test_fixtures_load_through_the_real_readers_in_the_tasks_shapes(smoke_dirs, name):
-    cell = smoke_cell(smoke_dirs, task=name, max_len=512 if name == "listops" else None)
-    task = make_task(cell)
+    values = {"task": name, "max_len": 512 if name == "listops" else None}
+    cell = make_cell(smoke.smoke_cell_values(values, smoke_dirs[0]))
+    task = make_task(cell, data_dir=smoke_dirs[1])
     spec = task.spec
     x, y = task.train_batch(0, 16)  # the paper grid's largest batch
     per_token = () if spec.input_kind == "tokens" else (spec.input_dim,)
@@ -79,11 +91,11 @@ def test_fixture_folders_are_marked_rewritten_the_same_and_real_data_is_kept(tmp
 
 
 def test_a_fixture_that_fails_half_written_leaves_nothing_in_place(tmp_path, monkeypatch):
-    def half(folder, seed):
-        smoke.FIXTURES["listops"][1](folder, seed)
+    def half(cls, folder, seed=0):
+        ListOps.write_fixture(folder, seed)
         raise OSError("disk full")
 
-    monkeypatch.setitem(smoke.FIXTURES, "mnist", ("mnist", half))
+    monkeypatch.setattr(MNIST, "write_fixture", classmethod(half))
     with pytest.raises(OSError, match="disk full"):
         smoke.write_fixtures(tmp_path, tasks=["mnist"])
     assert list(tmp_path.iterdir()) == []
@@ -92,10 +104,8 @@ def test_a_fixture_that_fails_half_written_leaves_nothing_in_place(tmp_path, mon
 # ---------------------------------------------------------------- tiny backbones
 
 def real_class(name):
-    from transformers import AutoModel
-
     config = BACKBONES[name].config()
-    return LSTMBackbone if BACKBONES[name].kind == "lstm" else AutoModel._model_mapping[type(config)]
+    return LSTMBackbone if kind_of(BACKBONES[name]) is LSTMBackbone else AutoModel._model_mapping[type(config)]
 
 
 @pytest.mark.parametrize("name", TINY_NAMES)
@@ -105,7 +115,7 @@ def test_tiny_backbone_is_the_real_class_narrow_with_every_block(smoke_dirs, nam
     backbone = build_backbone(str(directory), "random")
     model = backbone if isinstance(backbone, LSTMBackbone) else backbone.model
     assert type(model) is real_class(name)
-    assert backbone.n_blocks == n_blocks_of(name) and backbone.hidden == smoke.TINY["hidden"]
+    assert backbone.n_blocks == n_blocks_of(name) and backbone.hidden == TINY["hidden"]
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params < 10_000 * backbone.n_blocks + 40_000  # a 1024-row position table at most
     if backbone.n_blocks <= 12:
@@ -132,7 +142,7 @@ def test_tiny_backbone_loads_as_a_directory_with_every_init(smoke_dirs, name):
 def test_a_random_only_backbone_refuses_pretrained_weights_in_a_smoke_cell_too(smoke_dirs):
     for init in ("pretrained", "statistics"):
         with pytest.raises(ConfigError, match="backbone lstm has no pretrained weights"):
-            smoke.smoke_cell_values({"backbone": "lstm", "init": init}, *smoke_dirs)
+            smoke.smoke_cell_values({"backbone": "lstm", "init": init}, smoke_dirs[0])
     assert smoke_cell(smoke_dirs, backbone="lstm", init="random").backbone.endswith("/lstm")
 
 
@@ -149,7 +159,7 @@ def test_depth_k_keeps_the_first_k_tiny_blocks(smoke_dirs, name, depth):
 
 def test_a_depth_beyond_the_real_backbone_is_refused_as_in_the_real_run(smoke_dirs):
     with pytest.raises(ConfigError, match="depth: 13 is out of range for backbone gpt2"):
-        smoke.smoke_cell_values({"backbone": "gpt2", "depth": 13}, *smoke_dirs)
+        smoke.smoke_cell_values({"backbone": "gpt2", "depth": 13}, smoke_dirs[0])
 
 
 @pytest.mark.parametrize("name", TINY_NAMES)
@@ -160,12 +170,13 @@ def test_an_fpt_on_each_tiny_backbone_runs_every_task_shape(smoke_dirs, name):
         spec = make_spec(cell)
         limit = BACKBONES[name].config()
         limit = getattr(limit, "max_position_embeddings", None) if not isinstance(limit, dict) else None
-        if BACKBONES[name].kind == "hf" and name != "smollm2-135m" and spec.n_tokens > limit:
+        own_positions = kind_of(BACKBONES[name]) is HFBackbone and name != "smollm2-135m"
+        if own_positions and spec.n_tokens > limit:
             with pytest.raises(ConfigError, match=f"holds {limit} positions"):  # as the real one
                 build_model(cell, spec)
             continue
         model = build_model(cell, spec).eval()
-        x, _ = make_task(cell).train_batch(0, 1)
+        x, _ = make_task(cell, data_dir=smoke_dirs[1]).train_batch(0, 1)
         with torch.no_grad():
             logits = model(x)
         assert logits.shape == (1, spec.n_predictions, spec.n_classes)
@@ -174,25 +185,25 @@ def test_an_fpt_on_each_tiny_backbone_runs_every_task_shape(smoke_dirs, name):
 
 # ---------------------------------------------------------------- smoke cells
 
-def test_smoke_values_change_only_backbone_data_length_and_device(smoke_dirs):
+def test_smoke_values_change_only_backbone_and_length(smoke_dirs):
     real = dict(task="listops", backbone="gpt2-medium", init="statistics", trainable=["layernorm", "output"],
                 depth=6, lr=3e-4, batch_size=16, steps=10000, eval_every=100, seed=2, dropout=0.2,
-                max_len=512, tokenizer="fixed", precision="bf16", threshold=0.3, data_dir="data",
-                device="cuda", checkpoint_every=1000)
-    out = smoke.smoke_cell_values(real, *smoke_dirs)
+                max_len=512, tokenizer="fixed", precision="bf16", threshold=0.3)
+    out = smoke.smoke_cell_values(real, smoke_dirs[0])
     changed = {k for k in real if out[k] != real[k]} | (out.keys() - real.keys())
-    assert changed == {"backbone", "batch_size", "steps", "eval_every", "eval_size", "data_dir",
-                       "device", "checkpoint_every"}
+    assert changed == {"backbone", "batch_size", "steps", "eval_every", "eval_size"}
     assert Path(out["backbone"]) == smoke_dirs[0] / "gpt2-medium"
-    assert out["data_dir"] == str(smoke_dirs[1]) and out["device"] == "cpu"
     assert (out["steps"], out["batch_size"], out["eval_size"]) == (2, 2, 2)
-    short = smoke.smoke_cell_values({"steps": 1, "batch_size": 1, "eval_size": 1}, *smoke_dirs)
+    smoke_config, _ = smoke.smoke_config({"study": "x", "train": {"device": "cuda", "data_dir": "data"}})
+    assert smoke_config["train"]["device"] == "cpu"  # a smoke study runs on the CPU, on fixtures
+    assert smoke_config["train"]["data_dir"] == "results/x-smoke/data"
+    short = smoke.smoke_cell_values({"steps": 1, "batch_size": 1, "eval_size": 1}, smoke_dirs[0])
     assert (short["steps"], short["batch_size"], short["eval_size"]) == (1, 1, 1)
     assert short["backbone"].endswith("gpt2")  # the cell's default backbone is mapped too
 
 
 def test_directories_stay_and_tiny_paths_are_never_read_as_hub_ids(smoke_dirs, tmp_path):
-    own = smoke.smoke_cell_values({"backbone": "backbones/bitmem-gpt2-abc"}, *smoke_dirs)
+    own = smoke.smoke_cell_values({"backbone": "backbones/bitmem-gpt2-abc"}, smoke_dirs[0])
     assert own["backbone"] == "backbones/bitmem-gpt2-abc"
     assert smoke.tiny_backbone_path("tiny", "gpt2") == "./tiny/gpt2"
     with pytest.raises(ConfigError, match="backbones_dir"):
@@ -204,24 +215,22 @@ def test_every_paper_cell_has_its_own_smoke_cell(smoke_dirs):
     real = grid.build(config)
     cells = [*real.cells.values(), *real.pretrain.values()]
     assert smoke.used_backbones(cells) == [
-        "bert-base", "gpt2", "gpt2-large", "gpt2-medium", "lstm", "vit-base"]
-    ids = {make_cell(smoke.smoke_cell_values(c.to_dict(), *smoke_dirs)).id for c in cells}
+        "bert-base", "gpt2", "gpt2-large", "gpt2-medium", "lstm", "vit-base-in21k-ft-in1k"]
+    ids = {make_cell(smoke.smoke_cell_values(c.to_dict(), smoke_dirs[0])).id for c in cells}
     assert len(ids) == len(cells)
 
 
 def test_pretrain_export_and_a_cell_on_it_run_end_to_end(smoke_dirs, tmp_path):
-    from fpt_core.train import load_trained
-
     pretrain = smoke_cell(smoke_dirs, task="bit-memory", backbone="gpt2", init="random",
                           trainable=ALL, seed=100, batch_size=2, steps=40000)
-    summary = train_cell(pretrain, tmp_path / "pretrain")
+    summary = train_cell(pretrain, tmp_path / "pretrain", smoke_run(smoke_dirs))
     assert summary["steps_done"].item() == 2 and summary["status"].item() == "finished"
-    _, model, _ = load_trained(tmp_path / "pretrain" / "model.pt")
+    _, model, _ = load_trained(tmp_path / "pretrain" / "model.pt", data_dir=str(smoke_dirs[1]))
     exported = export_backbone(model, tmp_path / "backbones" / "bitmem-gpt2")
     for task, trainable in (("cifar10-lra", FPT), ("listops", ["output"])):
         cell = smoke_cell(smoke_dirs, task=task, backbone=str(exported), init="statistics",
                           trainable=trainable, batch_size=16, steps=600000, max_len=512)
-        summary = train_cell(cell, tmp_path / task)
+        summary = train_cell(cell, tmp_path / task, smoke_run(smoke_dirs))
         curve = json.loads((tmp_path / task / "progress.json").read_text())
         assert curve["state"] == "finished" and summary["steps_done"].item() == 2
         assert summary["params_total"].item() < 200_000

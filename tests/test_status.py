@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from fpt_core import results, status
-from fpt_core.grid import build
+from fpt_core.commands import status_main
+from fpt_core.study import Study
+from fpt_core.train import train_cell
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -20,7 +22,7 @@ NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 def config(seeds=range(6)):
     return {
         "defaults": {"backbone": "gpt2-tiny", "init": "random", "trainable": "fpt", "batch_size": 2,
-                     "steps": 10, "eval_every": 5, "eval_size": 8, "progress": False},
+                     "steps": 10, "eval_every": 5, "eval_size": 8},
         "axes": {"task": ["bit-xor"], "seed": list(seeds)},
         "ablations": {
             "headline": {"rows": {"fpt": {}, "full": {"trainable": "all"}}},
@@ -65,11 +67,12 @@ def write_summary(cells_dir, cell, status_name="finished"):
 
 
 @pytest.fixture
-def grid_dir(tmp_path):
-    grid = build(config())
-    fpt = {m.seed: grid.cells[m.cell_id] for m in grid.members if m.label == "fpt"}
-    full = {m.seed: grid.cells[m.cell_id] for m in grid.members if m.label == "full"}
-    cells = tmp_path / "cells"
+def grid_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid = Study.from_config(config())
+    fpt = {m.seed: grid.grid.cells[m.cell_id] for m in grid.grid.members if m.label == "fpt"}
+    full = {m.seed: grid.grid.cells[m.cell_id] for m in grid.grid.members if m.label == "full"}
+    cells = tmp_path / "results" / "cells"
     write_summary(cells, fpt[0])
     write_summary(cells, fpt[1], "diverged")
     write_progress(cells, fpt[2], state="running", job="4242")  # this very process
@@ -83,8 +86,8 @@ def grid_dir(tmp_path):
 
 def test_every_member_gets_its_cells_state(grid_dir):
     grid, cells, fpt, full = grid_dir
-    df = status.collect(grid, cells)
-    assert len(df) == len(grid.members) == 18
+    df = status.collect(grid)
+    assert len(df) == len(grid.grid.members) == 18
     state = states(df)
     assert [state[fpt[s].id] for s in range(6)] == [
         "done", "diverged", "running", "interrupted", "failed", "pending"]
@@ -99,7 +102,7 @@ def test_every_member_gets_its_cells_state(grid_dir):
 
 def test_the_report_counts_rows_and_lists_running_and_failed_cells(grid_dir):
     grid, cells, fpt, _ = grid_dir
-    text = status.render(status.collect(grid, cells), now=NOW)
+    text = status.render(status.collect(grid), now=NOW)
     assert text.splitlines()[0] == (
         "12 cells: 1 done, 1 diverged, 1 running, 3 interrupted, 1 failed, 5 pending")
     rows = {tuple(line.split()[:2]): line.split()[2:] for line in text.splitlines()
@@ -116,13 +119,13 @@ def test_the_report_counts_rows_and_lists_running_and_failed_cells(grid_dir):
 def test_liveness_is_injectable_and_asks_slurm_for_other_hosts(grid_dir, monkeypatch):
     grid, cells, fpt, _ = grid_dir
     write_progress(cells, fpt[5], state="running", host="node7", pid=1, job="77")
-    got = states(status.collect(grid, cells, alive=lambda p: p.get("slurm_job_id") == "77"))
+    got = states(status.collect(grid, alive=lambda p: p.get("slurm_job_id") == "77"))
     assert got[fpt[5].id] == "running" and got[fpt[2].id] == "interrupted"
     asked = []
     monkeypatch.setattr(status, "squeue_jobs", lambda: asked.append(1) or {"76"})
-    assert states(status.collect(grid, cells))[fpt[5].id] == "interrupted" and asked == [1]
+    assert states(status.collect(grid))[fpt[5].id] == "interrupted" and asked == [1]
     monkeypatch.setattr(status, "squeue_jobs", lambda: None)  # no Slurm here: cannot tell
-    assert states(status.collect(grid, cells))[fpt[5].id] == "running"
+    assert states(status.collect(grid))[fpt[5].id] == "running"
 
 
 def test_a_summary_of_another_cell_is_a_failure(grid_dir):
@@ -130,22 +133,22 @@ def test_a_summary_of_another_cell_is_a_failure(grid_dir):
     (cells / fpt[5].id).mkdir()
     for name in (results.SUMMARY, results.CURVE):
         shutil.copy(cells / fpt[0].id / name, cells / fpt[5].id / name)
-    row = status.collect(grid, cells).set_index("cell_id").loc[fpt[5].id].iloc[0]
+    row = status.collect(grid).set_index("cell_id").loc[fpt[5].id].iloc[0]
     assert row["state"] == "failed" and "holds cell" in row["error"]
 
 
-def test_a_cell_trained_for_real_reads_as_done(tmp_path):
-    from fpt_core.train import train_cell
-
+def test_a_cell_trained_for_real_reads_as_done(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     small = config(seeds=[0])
     small["defaults"].update(steps=2, eval_every=2)
     small["ablations"].pop("headline")
-    grid = build(small)
-    (cell,) = grid.cells.values()
-    train_cell(cell, tmp_path / cell.id)
-    df = status.collect(grid, tmp_path)
+    study = Study.from_config(small)
+    (cell,) = study.grid.cells.values()
+    train_cell(cell, study.cell_dir(cell.id))
+    df = status.collect(study)
     assert list(df["state"]) == ["done"] and list(df["step"]) == [2]
-    assert json.loads((tmp_path / cell.id / results.PROGRESS).read_text())["state"] == "finished"
+    progress = json.loads((tmp_path / study.cell_dir(cell.id) / results.PROGRESS).read_text())
+    assert progress["state"] == "finished"
 
 
 def test_age_reads_iso_times():
@@ -155,15 +158,27 @@ def test_age_reads_iso_times():
 
 
 def test_main_prints_the_report_and_refuses_a_bad_config(grid_dir, tmp_path, capsys):
-    _, cells, _, _ = grid_dir
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config()))
-    assert status.main(["--configfile", str(path), "--cells-dir", str(cells)]) == 0
+    assert status_main([str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("12 cells: 1 done") and "failed (1):" in out
+    assert "stages: 0 of 4 done" in out and "aggregate: pending" in out
     path.write_text(yaml.safe_dump({**config(), "defaults": {"backbone": "nope"}}))
-    assert status.main(["--configfile", str(path), "--cells-dir", str(cells)]) == 2
+    assert status_main(["--configfile", str(path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     with pytest.raises(SystemExit) as e:
-        status.main(["--help"])
+        status_main(["--help"])
     assert e.value.code == 0 and "--watch" in capsys.readouterr().out
+
+
+def test_a_failed_stage_shows_the_last_line_of_its_log(grid_dir, tmp_path):
+    study = grid_dir[0]
+    log = tmp_path / study.logs_dir / "aggregate.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("Traceback (most recent call last):\n  ...\nResultError: 3 cell(s) not usable\n")
+    stages = dict((name, (state, detail)) for name, state, detail in status.stages(study))
+    assert stages["aggregate"][0] == "failed"
+    assert stages["aggregate"][1].startswith("ResultError: 3 cell(s) not usable (log ")
+    text = status.render(status.collect(study), status.stages(study), now=NOW)
+    assert "  aggregate: failed: ResultError: 3 cell(s) not usable" in text

@@ -1,22 +1,22 @@
-import os
 import signal
 import subprocess
 import sys
 import time
 
+import _taskdata as D
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-import _taskdata as D
 import fpt_core.train as train_mod
-from fpt_core import results
+from fpt_core import member, results
 from fpt_core.cell import make_cell
+from fpt_core.run import Run, split
 from fpt_core.train import load_trained, train_cell
 
-TINY = {"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random", "progress": False,
-        "eval_size": 256}
+TINY = {"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random", "eval_size": 256}
+RUN = Run(progress=False)
 ALL_GROUPS = "input,positions,layernorm,attention,feedforward,output"
 VOLATILE = ["wall_time_s", "finished_at", "hostname"]
 
@@ -34,7 +34,7 @@ def comparable(out_dir):
 
 def test_tiny_random_gpt2_learns_bit_xor(tmp_path):
     cell = make_cell({**TINY, "steps": 500, "eval_every": 50, "batch_size": 32, "trainable": ALL_GROUPS})
-    summary = train_cell(cell, tmp_path)
+    summary = train_cell(cell, tmp_path, RUN)
     row = summary.iloc[0]
     assert row["status"] == "finished" and row["steps_done"] == 500
     assert row["final_test_acc"] == 1.0
@@ -49,7 +49,7 @@ def test_frozen_pretrained_minilm_learns_bit_xor(tmp_path):
     """The paper's claim at its smallest: frozen language weights, only the FPT groups trained."""
     cell = make_cell({**TINY, "backbone": "minilm-l6", "init": "pretrained", "steps": 400,
                       "eval_every": 50, "batch_size": 32, "precision": "fp32"})
-    row = train_cell(cell, tmp_path).iloc[0]
+    row = train_cell(cell, tmp_path, RUN).iloc[0]
     assert row["params_trainable"] < 0.002 * row["params_total"]
     assert row["best_test_acc"] == 1.0
 
@@ -60,7 +60,7 @@ def test_frozen_groups_stay_bitwise_and_trainable_ones_move(tmp_path, monkeypatc
     monkeypatch.setattr(train_mod, "build_model", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
     cell = make_cell({**TINY, "steps": 20, "eval_every": 20})
     before = {n: p.detach().clone() for n, p in real_build(cell, train_mod.make_task(cell).spec).named_parameters()}
-    train_cell(cell, tmp_path)
+    train_cell(cell, tmp_path, RUN)
     after = dict(built[0].named_parameters())
     frozen = [n for n, p in after.items() if not p.requires_grad]
     trained = [n for n, p in after.items() if p.requires_grad]
@@ -73,17 +73,17 @@ def test_frozen_groups_stay_bitwise_and_trainable_ones_move(tmp_path, monkeypatc
 
 def test_same_cell_same_numbers(tmp_path):
     cell = make_cell({**TINY, "steps": 30, "eval_every": 10, "dropout": 0.1})
-    train_cell(cell, tmp_path / "a")
-    train_cell(cell, tmp_path / "b")
+    train_cell(cell, tmp_path / "a", RUN)
+    train_cell(cell, tmp_path / "b", RUN)
     for x, y in zip(comparable(tmp_path / "a"), comparable(tmp_path / "b")):
         pd.testing.assert_frame_equal(x, y)
 
 
 def test_finished_cell_is_not_trained_again(tmp_path):
     cell = make_cell({**TINY, "steps": 10, "eval_every": 10})
-    first = train_cell(cell, tmp_path)
+    first = train_cell(cell, tmp_path, RUN)
     mtime = (tmp_path / results.SUMMARY).stat().st_mtime_ns
-    second = train_cell(cell, tmp_path)
+    second = train_cell(cell, tmp_path, RUN)
     assert (tmp_path / results.SUMMARY).stat().st_mtime_ns == mtime
     assert first["finished_at"].iloc[0] == second["finished_at"].iloc[0]
 
@@ -120,15 +120,16 @@ def test_sigterm_checkpoints_and_exits_for_requeue(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert err.strip().splitlines()[-1].startswith("stopped: SIGTERM: checkpoint written at step")
-    state = results.load_checkpoint(tmp_path, make_cell(dict(a.split("=") for a in args[1:-1])).id)
+    values, _ = split(dict(a.split("=") for a in args[1:-1]))
+    state = results.load_checkpoint(tmp_path, make_cell(values).id)
     assert state is not None and state["step"] >= 10 and not (tmp_path / results.SUMMARY).exists()
 
 
 def test_non_finite_loss_ends_as_diverged_keeping_best_accuracy(tmp_path, monkeypatch):
     real_make_task = train_mod.make_task
 
-    def poisoned(cell):
-        task = real_make_task(cell)
+    def poisoned(cell, **kw):
+        task = real_make_task(cell, **kw)
         real_batch = task.train_batch
 
         def batch(step, batch_size):
@@ -140,7 +141,7 @@ def test_non_finite_loss_ends_as_diverged_keeping_best_accuracy(tmp_path, monkey
 
     monkeypatch.setattr(train_mod, "make_task", poisoned)
     cell = make_cell({**TINY, "steps": 100, "eval_every": 10})
-    row = train_cell(cell, tmp_path).iloc[0]
+    row = train_cell(cell, tmp_path, RUN).iloc[0]
     assert row["status"] == "diverged"
     assert row["steps_done"] == 25
     curve = results.read_curve(tmp_path)
@@ -150,11 +151,11 @@ def test_non_finite_loss_ends_as_diverged_keeping_best_accuracy(tmp_path, monkey
 
 def test_load_trained_rebuilds_the_same_predictions(tmp_path):
     cell = make_cell({**TINY, "steps": 20, "eval_every": 20, "dropout": 0.0})
-    summary = train_cell(cell, tmp_path)
+    summary = train_cell(cell, tmp_path, RUN)
     cell2, model, task = load_trained(tmp_path / results.MODEL)
     assert cell2.id == cell.id
-    source = train_mod.LiveBatches(model, task, cell2, torch.device("cpu"))
-    loss, acc = train_mod.evaluate(source, task.eval_batches(64), cell2, torch.device("cpu"))
+    source = member.LiveBatches(model, task, cell2, torch.device("cpu"))
+    loss, acc, _ = member.evaluate(source, task.eval_batches(64), cell2, torch.device("cpu"))
     assert acc == pytest.approx(summary["final_test_acc"].iloc[0])
 
 
@@ -171,7 +172,7 @@ def test_corrupt_checkpoint_falls_back_to_previous_with_warning(tmp_path):
 
 def test_half_written_summary_is_not_taken_as_finished(tmp_path):
     cell = make_cell({**TINY, "steps": 10, "eval_every": 10})
-    train_cell(cell, tmp_path)
+    train_cell(cell, tmp_path, RUN)
     path = tmp_path / results.SUMMARY
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     with pytest.warns(UserWarning, match="summary.parquet"):
@@ -184,13 +185,13 @@ def test_bf16_reaches_the_same_accuracy_as_fp32(tmp_path):
     for precision in ("fp32", "bf16"):
         cell = make_cell({**TINY, "steps": 500, "eval_every": 500, "batch_size": 32,
                           "trainable": ALL_GROUPS, "precision": precision})
-        accs[precision] = train_cell(cell, tmp_path / precision)["final_test_acc"].iloc[0]
+        accs[precision] = train_cell(cell, tmp_path / precision, RUN)["final_test_acc"].iloc[0]
     assert accs["fp32"] == accs["bf16"] == 1.0
 
 
 def test_summary_records_counts_and_config(tmp_path):
     cell = make_cell({**TINY, "steps": 10, "eval_every": 10})
-    row = train_cell(cell, tmp_path).iloc[0]
+    row = train_cell(cell, tmp_path, RUN).iloc[0]
     assert row["cell_id"] == cell.id and row["trainable"] == "input,positions,layernorm,output"
     assert row["params_trainable"] == sum(row[f"params_{g}"] for g in cell.trainable)
     assert row["params_total"] > row["params_trainable"] > 0
@@ -200,25 +201,25 @@ def test_summary_records_counts_and_config(tmp_path):
 def test_results_deleted_after_the_run_ended_are_restored_without_training(tmp_path, monkeypatch):
     """Snakemake deletes the outputs of a job it saw as incomplete; the ended run is not redone."""
     cell = make_cell({**TINY, "steps": 20, "eval_every": 10})
-    train_cell(cell, tmp_path)
+    train_cell(cell, tmp_path, RUN)
     before = comparable(tmp_path)
     (tmp_path / results.SUMMARY).unlink()
     (tmp_path / results.CURVE).unlink()
     real_make_task = train_mod.make_task
 
-    def no_training(cell):
-        task = real_make_task(cell)
+    def no_training(cell, **kw):
+        task = real_make_task(cell, **kw)
         task.train_batch = lambda *a: pytest.fail("trained again")
         return task
 
     monkeypatch.setattr(train_mod, "make_task", no_training)
-    train_cell(cell, tmp_path)
+    train_cell(cell, tmp_path, RUN)
     for got, want in zip(comparable(tmp_path), before):
         pd.testing.assert_frame_equal(got, want)
 
 
 def test_a_run_without_progress_bar_logs_a_line_per_evaluation(tmp_path, capsys):
-    train_cell(make_cell({**TINY, "steps": 20, "eval_every": 10, "progress": False}), tmp_path)
+    train_cell(make_cell({**TINY, "steps": 20, "eval_every": 10}), tmp_path, RUN)
     lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("step ")]
     assert [l.split()[1] for l in lines] == ["10/20", "20/20"]
     assert all("test acc" in l for l in lines)
@@ -227,29 +228,22 @@ def test_a_run_without_progress_bar_logs_a_line_per_evaluation(tmp_path, capsys)
 # ------------------------------------------------------------------ protocol (issue: paper's way)
 
 def test_train_accuracy_is_the_papers_mean_over_the_batches_trained_on(tmp_path):
-    """train_acc at an evaluation is the accuracy on the training batches since the previous
-    one, in train mode, as the paper's code logs it; train_sample_acc is our fixed sample."""
-    import torch as _torch
-
-    from fpt_core.cell import make_cell as _make
-    from fpt_core.model import build_model as _build
-    from fpt_core.tasks import make_task as _task
-    from fpt_core.train import train_cell as _train_cell
-
+    """train_acc at an evaluation is the accuracy on the training batches of the last 100 steps
+    (fewer at the start), in train mode, as the paper's code logs it; train_sample_acc is our
+    fixed sample."""
     # lr tiny: the weights barely move, so the predictions are those of the initial model
-    cell = _make({"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random", "steps": 4,
-                  "eval_every": 2, "batch_size": 8, "eval_size": 40, "lr": 1e-12,
-                  "dropout": 0.0, "device": "cpu", "progress": False})
-    _train_cell(cell, tmp_path)
+    cell = make_cell({"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random", "steps": 4,
+                      "eval_every": 2, "batch_size": 8, "eval_size": 40, "lr": 1e-12, "dropout": 0.0})
+    train_cell(cell, tmp_path, RUN)
     curve = pd.read_parquet(tmp_path / "curve.parquet")
-    task = _task(cell)
-    model = _build(cell, task.spec)
+    task = train_mod.make_task(cell)
+    model = train_mod.build_model(cell, task.spec)
     model.train()
-    with _torch.no_grad():
-        for row, steps in zip(curve.itertuples(), ((0, 1), (2, 3))):
+    with torch.no_grad():
+        for row, steps in zip(curve.itertuples(), ((0, 1), (0, 1, 2, 3))):
             right = total = 0
             for step in steps:
-                _torch.manual_seed(train_mod.step_seed(cell.seed, step))  # as train_step does
+                model.set_dropout_step(cell.seed, step)  # as train_step does
                 x, y = task.train_batch(step, cell.batch_size)
                 right += int((model(x).argmax(-1) == y).sum())
                 total += y.numel()
@@ -279,19 +273,18 @@ def test_the_protocol_version_is_part_of_every_cell_id(monkeypatch):
 
 
 def test_dropped_homology_sequences_count_as_wrong_in_the_test_accuracy(tmp_path):
-    from fpt_core.train import evaluate
+    from fpt_core.member import evaluate
 
     # Two sequences over 64 tokens; one fold, so the output layer soon scores the kept ones right.
     D.write_tape_lengths(tmp_path / "data", [10, 100, 20, 30, 110, 40, 50, 60], folds=1)
     cell = make_cell({"task": "remote-homology", "backbone": "gpt2-tiny", "init": "random",
                       "max_len": 64, "homology_long": "drop", "steps": 20, "eval_every": 20, "lr": 0.05,
-                      "batch_size": 2, "data_dir": str(tmp_path / "data"), "device": "cpu",
-                      "progress": False, "trainable": ["output"]})
-    row = train_cell(cell, tmp_path / "out").iloc[0]
+                      "batch_size": 2, "trainable": ["output"]})
+    row = train_cell(cell, tmp_path / "out", Run(progress=False, data_dir=str(tmp_path / "data"))).iloc[0]
     assert row["scored_fraction"] == 6 / 8
-    cell, model, task = load_trained(tmp_path / "out" / results.MODEL)
-    source = train_mod.LiveBatches(model, task, cell, torch.device("cpu"))
-    _, kept_acc = evaluate(source, task.eval_batches(4), cell, torch.device("cpu"))
+    cell, model, task = load_trained(tmp_path / "out" / results.MODEL, data_dir=str(tmp_path / "data"))
+    source = member.LiveBatches(model, task, cell, torch.device("cpu"))
+    _, kept_acc, _ = evaluate(source, task.eval_batches(4), cell, torch.device("cpu"))
     assert kept_acc > 0 and row["final_test_acc"] == pytest.approx(kept_acc * 6 / 8)
 
 
@@ -301,7 +294,7 @@ def test_features_padded_to_the_batchs_longest_are_never_cached(tmp_path):
 
     D.write_tape_lengths(tmp_path, [10, 20, 30, 40])
     values = {"task": "remote-homology", "backbone": "gpt2-tiny", "init": "random", "max_len": 64,
-              "trainable": ["output"], "dropout": 0.0, "data_dir": str(tmp_path)}
+              "trainable": ["output"], "dropout": 0.0}
     left, right = make_cell(values), make_cell({**values, "padding": "right"})
-    assert can_cache(left, make_task(left))
-    assert not can_cache(right, make_task(right))
+    assert can_cache(left, make_task(left, data_dir=tmp_path))
+    assert not can_cache(right, make_task(right, data_dir=tmp_path))

@@ -1,8 +1,8 @@
 """Backbones of the FPT: a registry of named ones, hub ids, directories and the LSTM baseline."""
-from fpt_core.backbones.base import Backbone
+from fpt_core.backbones.base import Backbone, BackboneSpec
 from fpt_core.backbones.registry import (
     BACKBONES,
-    BackboneSpec,
+    KINDS,
     backbone_names,
     build_backbone,
     is_known_backbone,
@@ -12,6 +12,7 @@ from fpt_core.backbones.registry import (
 
 __all__ = [
     "BACKBONES",
+    "KINDS",
     "Backbone",
     "BackboneSpec",
     "backbone_names",

@@ -1,21 +1,36 @@
-"""Hugging Face transformers as FPT backbones: any model that takes inputs_embeds, and ViT.
+"""Hugging Face transformers as FPT backbones: any model that takes inputs_embeds.
 
 Parameters map to groups by the class of the module that holds them (every *Norm is a layer
-norm) and then by name, with the first matching rule winning.
+norm) and then by name, with the first matching rule winning. A subclass claims the model
+types it runs differently (ViT, fpt_core/backbones/vit.py).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import inspect
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from fpt_core.backbones.base import Backbone, write_marker
-from fpt_core.errors import ConfigError, DataError
+from fpt_core.backbones.base import (
+    POSITIONS_FILE,
+    TINY,
+    Backbone,
+    BackboneSpec,
+    check_depth,
+    write_marker,
+)
+from fpt_core.backbones.hub import (
+    eager_attention,
+    hf_config,
+    hf_from_config,
+    hf_from_pretrained,
+    quiet_transformers,
+    use_counter_attention,
+)
 
 # (name pattern, group); group None: a parameter the FPT never uses.
 HF_RULES: tuple[tuple[str, str | None], ...] = (
@@ -24,15 +39,19 @@ HF_RULES: tuple[tuple[str, str | None], ...] = (
     (r"attn|attention", "attention"),
     (r"mlp|intermediate|ffn|feed_forward|(^|\.)output\.dense", "feedforward"),
 )
-# ViT's patch embedding, class token and position table are bypassed: the FPT feeds
-# embeddings straight to the blocks and adds a zero-initialised table of its own.
-VIT_RULES = ((r"^embeddings\.", None),) + HF_RULES
+# Config keys of every dropout: GPT-2's *_pdrop, BERT's and ViT's *_dropout_prob, LLaMA's
+# attention_dropout. Heads' dropouts (GPT-2's summary_first_dropout) match too, unused here.
+DROPOUT_KEY = re.compile(r"dropout|pdrop")
+# Architectures whose random init scales the residual output projections by depth in current
+# transformers but not in 4.1.1, the paper's (random_init: plain undoes it).
+RESIDUAL_SCALED = ("gpt2",)
 
 
 class HFBackbone(Backbone):
     """A transformers model called with inputs_embeds; its own position table stays in use."""
 
     kind = "hf"
+    model_types: tuple[str, ...] = ()  # what a subclass claims; this class runs the rest
     rules = HF_RULES
 
     def __init__(self, model: nn.Module, source: str):
@@ -44,27 +63,108 @@ class HFBackbone(Backbone):
         groups = self.param_groups()
         self.needs_position_table = "positions" not in groups.values()
         self.max_positions = None if self.needs_position_table else _max_positions(config)
-        accepted = inspect.signature(model.forward).parameters
-        self._call_kwargs = {"use_cache": False} if "use_cache" in accepted else {}
+        # use_cache stays the model's own: without a cache (use_cache=False) transformers checks
+        # the position ids for packed sequences, which reads a value back from the GPU at every
+        # forward (masking_utils.find_packed_sequence_indices); a cache is a few references.
+        self._call_kwargs = {}
+
+    # ------------------------------------------------------------ the kind's facts
+
+    @classmethod
+    def for_config(cls, config: Any) -> type[HFBackbone]:
+        """The class that runs a transformers config: a subclass that claims its model type."""
+        for sub in cls.__subclasses__():
+            if config.model_type in sub.model_types:
+                return sub.for_config(config)
+        return cls
+
+    @classmethod
+    def config_overrides(cls, config: Any, dropout: float) -> dict[str, Any]:
+        """Config values the FPT sets: every dropout at the cell's."""
+        return {key: dropout for key, value in config.to_dict().items()
+                if DROPOUT_KEY.search(key) and isinstance(value, float)}
+
+    @classmethod
+    def build(cls, spec: BackboneSpec, init: str, *, depth: int | None, dropout: float,
+              random_init: str) -> HFBackbone:
+        config = copy.deepcopy(spec.config())
+        kind = cls.for_config(config)
+        check_depth(depth, kind.blocks_in(config), spec.name)
+        overrides = kind.config_overrides(config, dropout)
+        if init == "random":
+            # The whole model is drawn, then cut to its first `depth` blocks, as for pretrained
+            # weights: a config truncated first would scale its output projections' init by the
+            # smaller depth (GPT-2: std 0.02/sqrt(2 * depth)), a different model than the paper's.
+            for key, value in overrides.items():
+                setattr(config, key, value)
+            model = hf_from_config(config)
+            if random_init == "plain":
+                unscale_residual_init(model)
+        else:
+            model = hf_from_pretrained(str(spec.weights()), spec.name, **overrides)
+        backbone = kind(model, spec.name)
+        if depth is not None and backbone.n_blocks > depth:
+            backbone.keep_blocks(depth)
+        if init != "random":
+            backbone.saved_positions = saved_positions(spec.weights())
+        return backbone
+
+    @classmethod
+    def blocks_in(cls, config: Any) -> int:
+        return config.num_hidden_layers
+
+    @classmethod
+    def tiny_config(cls, config: Any, **shape) -> Any:
+        """Hidden width, heads and feed-forward width shrunk; blocks, position tables and
+        grouped-query attention kept."""
+        shape = {**TINY, **shape}
+        config = copy.deepcopy(config)
+        heads, hidden = shape["heads"], shape["hidden"]
+        grouped = (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) \
+            < config.num_attention_heads
+        config.hidden_size = hidden
+        config.num_attention_heads = heads
+        if getattr(config, "num_key_value_heads", None) is not None:
+            config.num_key_value_heads = 1 if grouped else heads
+        if getattr(config, "head_dim", None) is not None:
+            config.head_dim = hidden // heads
+        for key in ("intermediate_size", "n_inner"):
+            if hasattr(config, key):
+                setattr(config, key, shape["intermediate"])
+        config.vocab_size = shape["vocab"]
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value >= shape["vocab"]:
+                setattr(config, key, shape["vocab"] - 1)
+        return config
+
+    @classmethod
+    def directory_config(cls, directory: Path, marker: dict) -> Any:
+        return hf_config(str(directory), str(directory))
+
+    @classmethod
+    def random_init_matters(cls, config: Any) -> bool:
+        return config.model_type in RESIDUAL_SCALED
+
+    # ------------------------------------------------------------ a built backbone
 
     def forward(self, h: Tensor) -> Tensor:
         return self.model(inputs_embeds=h, **self._call_kwargs).last_hidden_state
+
+    def use_counter_attention(self) -> None:
+        use_counter_attention(self.model)
 
     def attention_maps(self, h: Tensor) -> list[Tensor]:
         with eager_attention(self.model):
             out = self.model(inputs_embeds=h, output_attentions=True, **self._call_kwargs)
         return list(out.attentions)
 
-    def _blocks_site(self) -> tuple[nn.Module, str]:
-        return find_blocks(self.model)
-
-    @property
-    def n_blocks(self) -> int:
-        parent, attr = self._blocks_site()
-        return len(getattr(parent, attr))
+    def blocks(self) -> list[nn.Module]:
+        parent, attr = find_blocks(self.model)
+        return list(getattr(parent, attr))
 
     def keep_blocks(self, k: int) -> None:
-        parent, attr = self._blocks_site()
+        parent, attr = find_blocks(self.model)
         setattr(parent, attr, nn.ModuleList(list(getattr(parent, attr))[:k]))
         truncate_config(self.model.config, k)
 
@@ -93,47 +193,16 @@ class HFBackbone(Backbone):
         rows = 1 if "token_type" in name else min(n_tokens, param.shape[0])
         return rows * param.shape[1]
 
+    def attention_shape(self) -> tuple[int, int]:
+        config = self.model.config
+        heads = config.num_attention_heads
+        head_size = getattr(config, "head_dim", None) or config.hidden_size // heads
+        return self.n_blocks, heads * head_size
+
     def save(self, out_dir: Path) -> None:
         with quiet_transformers():
             self.model.save_pretrained(out_dir)
         write_marker(out_dir, kind=self.kind, source=self.source)
-
-
-class ViTBackbone(HFBackbone):
-    """ViT blocks run directly on embeddings, as the paper ran timm's ViT."""
-
-    kind = "vit"
-    rules = VIT_RULES
-
-    def __init__(self, model: nn.Module, source: str):
-        super().__init__(model, source)
-        self.needs_position_table = True
-        self.max_positions = None
-        # the paper's pos_drop after adding positions
-        self.drop = nn.Dropout(model.config.hidden_dropout_prob)
-
-    def forward(self, h: Tensor) -> Tensor:
-        h = self.drop(h)
-        parent, attr = self._blocks_site()
-        for block in getattr(parent, attr):
-            h = block(h)
-            h = h[0] if isinstance(h, tuple) else h
-        return self.model.layernorm(h)
-
-    def attention_maps(self, h: Tensor) -> list[Tensor]:
-        parent, attr = self._blocks_site()
-        maps: list[Tensor] = []
-        hooks = [
-            block.attention.register_forward_hook(lambda m, args, out: maps.append(out[1]))
-            for block in getattr(parent, attr)
-        ]
-        try:
-            with eager_attention(self.model):
-                self.forward(h)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return maps
 
 
 def find_blocks(model: nn.Module) -> tuple[nn.Module, str]:
@@ -164,111 +233,18 @@ def _max_positions(config) -> int | None:
     return None
 
 
-@contextlib.contextmanager
-def eager_attention(model: nn.Module):
-    """Eager attention (which returns its weights) for the duration of one call."""
-    before = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(before)
+@torch.no_grad()
+def unscale_residual_init(model) -> None:
+    """Redraw GPT-2's output projections (c_proj) at the config's plain initializer_range, undoing
+    the depth scaling that transformers added after 4.1.1."""
+    if getattr(model.config, "model_type", None) not in RESIDUAL_SCALED:
+        return
+    for name, param in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            param.normal_(0.0, model.config.initializer_range)
 
 
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence load reports and progress bars; errors still raise."""
-    from transformers.utils import logging
-
-    level = logging.get_verbosity()
-    bars = logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
-        if bars:
-            logging.enable_progress_bar()
-
-
-def _with_sdpa(make, *args, **kwargs):
-    """Fused attention where the architecture supports it, its default otherwise."""
-    try:
-        return make(*args, attn_implementation="sdpa", **kwargs)
-    except (ValueError, ImportError):
-        return make(*args, **kwargs)  # a real error raises again here
-
-
-def fuse_activations(model: nn.Module) -> nn.Module:
-    """GPT-2's gelu_new runs as eight Python elementwise ops (and their backward); GELUTanh is
-    the same function in one kernel."""
-    from transformers.activations import GELUTanh, NewGELUActivation
-
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, NewGELUActivation):
-                setattr(module, name, GELUTanh())
-    return model
-
-
-def hf_from_config(config) -> nn.Module:
-    from transformers import AutoModel
-
-    with quiet_transformers():
-        model = _with_sdpa(AutoModel.from_config, config, dtype=torch.float32)
-    return fuse_activations(model.float())
-
-
-# The last pretrained model loaded, as loaded: a pack trains many cells of one backbone in one
-# process, and each gets a copy instead of reading the weights again.
-_LOADED: dict[tuple, nn.Module] = {}
-
-
-def hf_from_pretrained(source: str, backbone: str, **config_overrides) -> nn.Module:
-    key = (source, tuple(sorted(config_overrides.items())))
-    if key not in _LOADED:
-        before = torch.random.get_rng_state()
-        model = _load_pretrained(source, backbone, **config_overrides)
-        if not torch.equal(before, torch.random.get_rng_state()):
-            return model  # drew weights at random (e.g. a head absent from the checkpoint): a
-            # copy would carry the first cell's draw, so each cell loads its own
-        _LOADED.clear()
-        _LOADED[key] = model
-    return copy.deepcopy(_LOADED[key])
-
-
-def _load_pretrained(source: str, backbone: str, **config_overrides) -> nn.Module:
-    from transformers import AutoModel
-
-    try:
-        with quiet_transformers():
-            model = _with_sdpa(
-                AutoModel.from_pretrained, source, dtype=torch.float32, **config_overrides
-            )
-    except OSError as err:
-        raise hub_error(backbone, source, err) from None
-    return fuse_activations(model.float())
-
-
-def hf_config(source: str, backbone: str):
-    from transformers import AutoConfig
-
-    try:
-        with quiet_transformers():
-            return AutoConfig.from_pretrained(source)
-    except OSError as err:
-        raise hub_error(backbone, source, err) from None
-
-
-def hub_error(backbone: str, source: str, err: Exception) -> Exception:
-    if Path(source).is_dir():
-        return ConfigError(
-            f"backbone: {source} is not a loadable model directory (no config.json or weights: "
-            f"{type(err).__name__})"
-        )
-    return DataError(
-        f"backbone {backbone}: cannot load {source}: not in the local Hugging Face cache and the "
-        f"hub is unreachable (or HF_HUB_OFFLINE=1, or no such model); on a machine with internet run "
-        f"`hf download {source} --local-dir DIR`, copy DIR here and pass backbone=DIR"
-    )
+def saved_positions(weights: str | Path) -> Tensor | None:
+    """A position table that export_backbone stored beside the weights, if any."""
+    path = Path(str(weights)) / POSITIONS_FILE
+    return load_file(str(path))["positions"] if path.is_file() else None

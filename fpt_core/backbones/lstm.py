@@ -22,7 +22,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from fpt_core.backbones.base import Backbone, write_marker
+from fpt_core.backbones.base import (
+    TINY,
+    Backbone,
+    BackboneSpec,
+    check_depth,
+    write_marker,
+)
+from fpt_core.dropout import CounterDropout, apply_keep
 
 WEIGHTS = "model.safetensors"
 
@@ -36,7 +43,8 @@ class LNLSTMLayer(nn.Module):
         self.ln_i2h = nn.LayerNorm(4 * hidden, eps=1e-6)
         self.ln_h2h = nn.LayerNorm(4 * hidden, eps=1e-6)
         self.ln_cell = nn.LayerNorm(hidden, eps=1e-6)
-        self.drop = nn.Dropout(dropout)
+        # counter-based from the start: one mask for every time step, drawn once per forward
+        self.drop = CounterDropout(dropout)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -56,19 +64,26 @@ class LNLSTMLayer(nn.Module):
         from_input = self.ln_i2h(self.i2h(x))
         h = x.new_zeros(B, H)
         c = x.new_zeros(B, H)
+        keep = self.drop.keep((T, B, H), x.device)
         outputs = []
         for t in range(T):
             pre = from_input[:, t] + self.ln_h2h(self.h2h(h))
             i, f, o = pre[:, : 3 * H].sigmoid().chunk(3, dim=-1)
             g = pre[:, 3 * H :].tanh()
             c = self.ln_cell(f * c + i * g)
-            h = self.drop(o * c.tanh())
+            h = o * c.tanh()
+            if keep is not None:
+                h = apply_keep(h, keep[t], self.drop.p)
             outputs.append(h)
         return torch.stack(outputs, dim=1)
 
 
 class LSTMBackbone(Backbone):
     kind = "lstm"
+    # Each layer loops over the tokens in Python: about half a transformer block's kernel
+    # launches per layer and token, and nothing per layer beyond that.
+    launch_units_per_block = 0.0
+    launch_units_per_token = 0.5
 
     def __init__(self, hidden: int = 768, n_layer: int = 3, dropout: float = 0.1, source="lstm"):
         super().__init__()
@@ -76,14 +91,42 @@ class LSTMBackbone(Backbone):
         self.hidden = hidden
         self.layers = nn.ModuleList(LNLSTMLayer(hidden, hidden, dropout) for _ in range(n_layer))
 
+    # ------------------------------------------------------------ the kind's facts
+    # Its config: {"hidden": width, "n_layer": layers}.
+
+    @classmethod
+    def build(cls, spec: BackboneSpec, init: str, *, depth: int | None, dropout: float,
+              random_init: str) -> LSTMBackbone:
+        shape = spec.config()
+        check_depth(depth, cls.blocks_in(shape), spec.name)
+        backbone = cls(shape["hidden"], shape["n_layer"], dropout, source=spec.name)
+        if init != "random":
+            backbone.load_weights(Path(spec.weights()))
+        if depth is not None:
+            backbone.keep_blocks(depth)
+        return backbone
+
+    @classmethod
+    def blocks_in(cls, config: dict) -> int:
+        return config["n_layer"]
+
+    @classmethod
+    def tiny_config(cls, config: dict, **shape) -> dict:
+        return {**config, "hidden": {**TINY, **shape}["hidden"]}
+
+    @classmethod
+    def directory_config(cls, directory: Path, marker: dict) -> dict:
+        return {"hidden": marker["hidden"], "n_layer": marker["n_layer"]}
+
+    # ------------------------------------------------------------ a built backbone
+
     def forward(self, h: Tensor) -> Tensor:
         for layer in self.layers:
             h = layer(h)
         return h
 
-    @property
-    def n_blocks(self) -> int:
-        return len(self.layers)
+    def blocks(self) -> list[nn.Module]:
+        return list(self.layers)
 
     def keep_blocks(self, k: int) -> None:
         self.layers = nn.ModuleList(list(self.layers)[:k])
@@ -94,6 +137,9 @@ class LSTMBackbone(Backbone):
             part = name.split(".")[2]
             groups[name] = {"i2h": "feedforward", "h2h": "attention"}.get(part, "layernorm")
         return groups
+
+    def attention_shape(self) -> tuple[int, int]:
+        return 0, 0  # recurrence, not attention, carries information between tokens
 
     def save(self, out_dir: Path) -> None:
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}

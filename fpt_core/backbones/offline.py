@@ -11,10 +11,11 @@ import importlib.util
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from fpt_core.atomic import atomic_dir
 from fpt_core.backbones.base import cache_root
-from fpt_core.backbones.hf import quiet_transformers
+from fpt_core.backbones.hub import quiet_transformers
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m"
@@ -48,7 +49,6 @@ def smollm2_dir() -> Path:
 
 def convert_gguf(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
     """Dequantise a GGUF checkpoint and write it as a plain fp32 transformers directory."""
-    from safetensors.torch import save_file
     from transformers import AutoModel
 
     with quiet_transformers():

@@ -1,39 +1,37 @@
 """The backbone registry, and building a backbone by name with an initialisation and depth.
 
-A backbone name is a registry key, a directory (a transformers model directory or one that
-export_backbone wrote), or a Hugging Face model id "org/name". Registry configs are written
-out here, so random initialisation needs no network; pretrained weights come from the hub
-(where reachable), from a package (minilm-l6, smollm2-135m) or from a directory.
+A backbone name is a registry key, kind@base for one of Tan et al.'s baselines over a registry
+transformer (fpt_core/backbones/tan.py), a directory (a transformers model directory or one that
+export_backbone wrote), or a Hugging Face model id "org/name". Registry configs are written out
+here, so random initialisation needs no network; pretrained weights come from the hub (where
+reachable), from a package (minilm-l6, smollm2-135m) or from a directory.
 
 To add a backbone: one BackboneSpec entry in BACKBONES. A transformers model that takes
 inputs_embeds needs nothing else when its parameter names follow HF_RULES (fpt_core/backbones/hf.py).
+A new kind of backbone: a Backbone subclass (fpt_core/backbones/base.py) listed in KINDS.
 """
 from __future__ import annotations
 
-import copy
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from fpt_core.atomic import atomic_dir
 from fpt_core.backbones.base import (
-    POSITIONS_FILE,
     Backbone,
-    check_depth,
+    BackboneSpec,
     read_marker,
     redraw_with_statistics,
 )
-from fpt_core.backbones.hf import (
-    HFBackbone,
-    ViTBackbone,
-    hf_config,
-    hf_from_config,
-    hf_from_pretrained,
-)
+from fpt_core.backbones.hf import HFBackbone
+from fpt_core.backbones.hub import hf_config
 from fpt_core.backbones.lstm import LSTMBackbone
 from fpt_core.backbones.offline import minilm_dir, smollm2_dir
+from fpt_core.backbones.tan import REPLACEMENTS, LLM2Attn, LLM2Trsf, NoLLM
+from fpt_core.backbones.vit import ViTBackbone
 from fpt_core.catalog import BACKBONES as SUMMARIES
 from fpt_core.errors import ConfigError
 
@@ -42,18 +40,14 @@ INITS = ("pretrained", "random", "statistics")
 # projections, c_proj, at std 0.02 / sqrt(2 x blocks)); `plain` as the transformers 4.1.1 of the
 # paper's code did, every weight at std 0.02. Other architectures draw the same either way.
 RANDOM_INITS = ("scaled", "plain")
-# ViT ran with drop_rate = attn_drop_rate = the cell's dropout in the paper; other backbones
-# keep their config's own dropout.
-DROPOUT_KEYS = {"vit": ("hidden_dropout_prob", "attention_probs_dropout_prob")}
+# Every kind of backbone, by the name its specs and export markers give it.
+KINDS: dict[str, type[Backbone]] = {
+    cls.kind: cls for cls in (HFBackbone, ViTBackbone, LSTMBackbone, NoLLM, LLM2Attn, LLM2Trsf)
+}
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    kind: str
-    summary: str
-    config: Callable[[], Any]  # the architecture, offline for registry entries
-    weights: Callable[[], str | Path] | None = None  # pretrained weights; None: random only
+def kind_of(spec: BackboneSpec) -> type[Backbone]:
+    return KINDS[spec.kind]
 
 
 def _gpt2(n_layer: int, n_embd: int, n_head: int, n_positions: int = 1024, vocab: int = 50257):
@@ -71,7 +65,8 @@ def _gpt2(n_layer: int, n_embd: int, n_head: int, n_positions: int = 1024, vocab
 def _vit_base():
     from transformers import ViTConfig
 
-    # google/vit-base-patch16-224-in21k
+    # google/vit-base-patch16-224-in21k and google/vit-base-patch16-224 (a classifier on top,
+    # which the FPT does not load) share it; ViTBackbone sets timm's layer norm eps.
     return ViTConfig(
         hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
         hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
@@ -113,31 +108,53 @@ def _hub(repo: str) -> Callable[[], str]:
     return lambda: repo
 
 
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
-        BackboneSpec("gpt2", "hf", SUMMARIES["gpt2"],
-                     _gpt2(12, 768, 12), _hub("openai-community/gpt2")),
-        BackboneSpec("gpt2-medium", "hf", SUMMARIES["gpt2-medium"],
-                     _gpt2(24, 1024, 16), _hub("openai-community/gpt2-medium")),
-        BackboneSpec("gpt2-large", "hf", SUMMARIES["gpt2-large"],
-                     _gpt2(36, 1280, 20), _hub("openai-community/gpt2-large")),
-        BackboneSpec("gpt2-xl", "hf", SUMMARIES["gpt2-xl"],
-                     _gpt2(48, 1600, 25), _hub("openai-community/gpt2-xl")),
-        BackboneSpec("gpt2-tiny", "hf", SUMMARIES["gpt2-tiny"],
-                     _gpt2(2, 64, 2, n_positions=128, vocab=256)),
-        BackboneSpec("smollm2-135m", "hf", SUMMARIES["smollm2-135m"],
-                     _smollm2_135m, smollm2_dir),
-        BackboneSpec("minilm-l6", "hf", SUMMARIES["minilm-l6"],
-                     _minilm_config, minilm_dir),
-        BackboneSpec("bert-base", "hf", SUMMARIES["bert-base"],
-                     _bert_base, _hub("google-bert/bert-base-uncased")),
-        BackboneSpec("vit-base", "vit", SUMMARIES["vit-base"],
-                     _vit_base, _hub("google/vit-base-patch16-224-in21k")),
-        BackboneSpec("lstm", "lstm", SUMMARIES["lstm"],
-                     lambda: {"hidden": 768, "n_layer": 3}),
+class Registry(MutableMapping):
+    """The named backbones, and kind@base for each of Tan et al.'s baselines over a named
+    transformer. `in` and [] accept both; iterating gives the named entries alone, as `fpt
+    backbones` lists them beside the kind@<base> syntax (fpt_core/catalog.py)."""
+
+    def __init__(self, specs: Iterable[BackboneSpec]):
+        self._named = {spec.name: spec for spec in specs}
+
+    def __getitem__(self, name: str) -> BackboneSpec:
+        if name in self._named:
+            return self._named[name]
+        kind, _, base = name.partition("@")
+        base_spec = self._named.get(base)
+        if kind in REPLACEMENTS and base_spec and issubclass(kind_of(base_spec), HFBackbone):
+            summary = SUMMARIES[f"{kind}@<base>"].replace("<base>", base)
+            return BackboneSpec(name, kind, summary, base_spec.config)
+        raise KeyError(name)
+
+    def __setitem__(self, name: str, spec: BackboneSpec) -> None:
+        self._named[name] = spec
+
+    def __delitem__(self, name: str) -> None:
+        del self._named[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._named)
+
+    def __len__(self) -> int:
+        return len(self._named)
+
+
+BACKBONES = Registry(
+    BackboneSpec(name, kind, SUMMARIES[name], config, weights)
+    for name, kind, config, weights in (
+        ("gpt2", "hf", _gpt2(12, 768, 12), _hub("openai-community/gpt2")),
+        ("gpt2-medium", "hf", _gpt2(24, 1024, 16), _hub("openai-community/gpt2-medium")),
+        ("gpt2-large", "hf", _gpt2(36, 1280, 20), _hub("openai-community/gpt2-large")),
+        ("gpt2-xl", "hf", _gpt2(48, 1600, 25), _hub("openai-community/gpt2-xl")),
+        ("gpt2-tiny", "hf", _gpt2(2, 64, 2, n_positions=128, vocab=256), None),
+        ("smollm2-135m", "hf", _smollm2_135m, smollm2_dir),
+        ("minilm-l6", "hf", _minilm_config, minilm_dir),
+        ("bert-base", "hf", _bert_base, _hub("google-bert/bert-base-uncased")),
+        ("vit-base", "vit", _vit_base, _hub("google/vit-base-patch16-224-in21k")),
+        ("vit-base-in21k-ft-in1k", "vit", _vit_base, _hub("google/vit-base-patch16-224")),
+        ("lstm", "lstm", lambda: {"hidden": 768, "n_layer": 3}, None),
     )
-}
+)
 
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -166,35 +183,43 @@ def resolve(name: str) -> BackboneSpec:
     path = Path(name).expanduser()
     if path.is_dir():
         marker = read_marker(path) or {}
-        if marker.get("kind") == "lstm":
-            shape = {"hidden": marker["hidden"], "n_layer": marker["n_layer"]}
-            return BackboneSpec(name, "lstm", f"LSTM from {name}", lambda: shape, lambda: path)
-        kind = marker.get("kind", "auto")
-        return BackboneSpec(name, kind, f"directory {name}",
-                            lambda: hf_config(str(path), name), lambda: str(path))
+        kind = KINDS.get(marker.get("kind"), HFBackbone)  # a plain transformers directory
+        return BackboneSpec(name, kind.kind, f"directory {name}",
+                            lambda: kind.directory_config(path, marker), lambda: path)
     if looks_like_path(name) or (HF_ID.match(name) and Path(name.split("/")[0]).is_dir()):
         raise ConfigError(f"backbone: directory {name} does not exist")
     if HF_ID.match(name):
-        return BackboneSpec(name, "auto", f"hub model {name}",
+        return BackboneSpec(name, HFBackbone.kind, f"hub model {name}",
                             lambda: hf_config(name, name), _hub(name))
+    if name.partition("@")[0] in REPLACEMENTS:
+        raise ConfigError(f"backbone: {name}: the base after @ must be a registry transformer; "
+                          f"allowed: {', '.join(transformer_names())}")
     raise ConfigError(
         f"backbone: unknown value {name!r}; allowed: {', '.join(BACKBONES)}, "
+        f"{', '.join(f'{kind}@<base>' for kind in REPLACEMENTS)}, "
         "a Hugging Face model id (org/name) or a local directory"
     )
 
 
+def transformer_names() -> list[str]:
+    """The registry names that kind@base accepts as its base."""
+    return [name for name in BACKBONES if issubclass(kind_of(BACKBONES[name]), HFBackbone)]
+
+
 def random_init_matters(name: str) -> bool:
-    """Whether random_init can change a random backbone's weights: GPT-2 in the registry, and any
-    directory or hub model (its architecture is only known once its config is read, and a cell's
-    id must not wait for that)."""
-    return name.startswith("gpt2") if name in BACKBONES else True
+    """Whether random_init can change a random backbone's weights: GPT-2 in the registry (and a
+    block of it), and any directory or hub model (its architecture is only known once its config
+    is read, and a cell's id must not wait for that)."""
+    if name not in BACKBONES:
+        return True
+    spec = BACKBONES[name]
+    return kind_of(spec).random_init_matters(spec.config())
 
 
 def n_blocks_of(name: str) -> int:
     """Blocks of a backbone, from its config alone."""
     spec = resolve(name)
-    config = spec.config()
-    return config["n_layer"] if spec.kind == "lstm" else config.num_hidden_layers
+    return kind_of(spec).blocks_in(spec.config())
 
 
 def check_init(spec: BackboneSpec, init: str) -> None:
@@ -211,7 +236,8 @@ def build_backbone(
     name: str, init: str, *, seed: int = 0, depth: int | None = None, dropout: float = 0.1,
     random_init: str = "scaled",
 ) -> Backbone:
-    """A backbone with init (pretrained | random | statistics), its first `depth` blocks kept.
+    """A backbone with init (pretrained | random | statistics), its first `depth` blocks kept, and
+    every dropout it has (embedding, attention, residual, MLP, recurrent) at `dropout`.
 
     Everything drawn at random is drawn from `seed`; every parameter comes back frozen.
     """
@@ -219,10 +245,8 @@ def build_backbone(
     check_init(spec, init)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if spec.kind == "lstm":
-            backbone = _build_lstm(spec, init, depth, dropout)
-        else:
-            backbone = _build_hf(spec, init, depth, dropout, random_init)
+        backbone = kind_of(spec).build(spec, init, depth=depth, dropout=dropout,
+                                       random_init=random_init)
     if init == "statistics":
         redraw_with_statistics(backbone.parameters(), seed)
         if backbone.saved_positions is not None:
@@ -231,60 +255,23 @@ def build_backbone(
     return backbone
 
 
-def _build_hf(spec: BackboneSpec, init: str, depth: int | None, dropout: float,
-              random_init: str) -> Backbone:
-    config = copy.deepcopy(spec.config())
-    check_depth(depth, config.num_hidden_layers, spec.name)
-    kind = spec.kind
-    if kind == "auto":
-        kind = "vit" if config.model_type == "vit" else "hf"
-    overrides = {key: dropout for key in DROPOUT_KEYS.get(kind, ())}
-    if init == "random":
-        # The whole model is drawn, then cut to its first `depth` blocks, as for pretrained
-        # weights: a config truncated first would scale its output projections' init by the
-        # smaller depth (GPT-2: std 0.02/sqrt(2 * depth)), a different model than the paper's.
-        for key, value in overrides.items():
-            setattr(config, key, value)
-        model = hf_from_config(config)
-        if random_init == "plain":
-            unscale_residual_init(model)
-    else:
-        model = hf_from_pretrained(str(spec.weights()), spec.name, **overrides)
-    backbone = (ViTBackbone if kind == "vit" else HFBackbone)(model, spec.name)
-    if depth is not None and backbone.n_blocks > depth:
-        backbone.keep_blocks(depth)
-    if init != "random":
-        backbone.saved_positions = _saved_positions(spec)
-    return backbone
+def write_tiny_backbones(out_dir: str | Path, names: Iterable[str], seed: int = 0,
+                         **shape: Any) -> dict[str, Path]:
+    """For each registry name, a random stand-in of its kind, as many blocks and TINY wide
+    (base.TINY; `shape` overrides it, hidden=16 say), in out_dir/<name>/: a smoke run's backbone.
 
-
-@torch.no_grad()
-def unscale_residual_init(model) -> None:
-    """Redraw GPT-2's output projections (c_proj) at the config's plain initializer_range, undoing
-    the depth scaling that transformers added after 4.1.1."""
-    if getattr(model.config, "model_type", None) != "gpt2":
-        return
-    for name, param in model.named_parameters():
-        if name.endswith("c_proj.weight"):
-            param.normal_(0.0, model.config.initializer_range)
-
-
-def _build_lstm(spec: BackboneSpec, init: str, depth: int | None, dropout: float) -> Backbone:
-    shape = spec.config()
-    check_depth(depth, shape["n_layer"], spec.name)
-    backbone = LSTMBackbone(shape["hidden"], shape["n_layer"], dropout, source=spec.name)
-    if init != "random":
-        backbone.load_weights(Path(spec.weights()))
-    if depth is not None:
-        backbone.keep_blocks(depth)
-    return backbone
-
-
-def _saved_positions(spec: BackboneSpec):
-    """A position table that export_backbone stored beside the weights, if any."""
-    path = Path(str(spec.weights())) / POSITIONS_FILE
-    if not path.is_file():
-        return None
-    from safetensors.torch import load_file
-
-    return load_file(str(path))["positions"]
+    Written as export_backbone writes a backbone (weights, config, marker), so `backbone=<dir>`
+    loads it with any init through the registry's directory path. Each is drawn from `seed`
+    alone, so the set of names asked does not change any one of them.
+    """
+    out = {}
+    for name in names:
+        if name not in BACKBONES:
+            raise ConfigError(f"backbone: no tiny stand-in for {name!r}; allowed: "
+                              f"{', '.join(BACKBONES)} or kind@base")
+        spec = BACKBONES[name]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            backbone = kind_of(spec).tiny(spec, **shape)
+        out[name] = atomic_dir(Path(out_dir) / name, backbone.save)
+    return out

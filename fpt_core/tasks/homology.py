@@ -14,23 +14,33 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from torchvision.datasets.utils import download_and_extract_archive
 
 from fpt_core.tasks.base import (
     BUCKETS,
+    LONG_SEQUENCES,
+    PADDING,
     DataError,
     EpochSampler,
-    Task,
+    ReleaseValidation,
     TaskSpec,
     generator,
     missing,
     one_line,
 )
+from fpt_core.tasks.registry import Option, register
+
+try:  # only TAPE's LMDB release needs it; the JSON release does not
+    import lmdb
+except ImportError:
+    lmdb = None
 
 IUPAC = ["<pad>", "<mask>", "<cls>", "<sep>", "<unk>"] + list("ABCDEFGHIKLMNOPQRSTUVWXYZ")
 CLS, SEP = IUPAC.index("<cls>"), IUPAC.index("<sep>")
 N_FOLDS = 1195
 DEFAULT_LEN = 1024  # the paper's max_seq_len
 BUCKET_BATCHES = 100  # TAPE's loader sorts buckets of 100 batches by length
+AMINO = "ACDEFGHIKLMNPQRSTVWY"  # the 20 standard amino acids, for fixtures
 _LUT = np.full(256, 255, dtype=np.uint8)
 for _id, _token in enumerate(IUPAC[5:], start=5):
     _LUT[ord(_token)] = _id
@@ -60,11 +70,9 @@ def read_records(path: Path) -> list[dict]:
         if not isinstance(records, list):
             raise DataError(f"{path}: expected a JSON list of records, found {type(records).__name__}")
         return records
-    try:
-        import lmdb
-    except ImportError:
+    if lmdb is None:
         raise DataError(f"{path}: reading TAPE's LMDB files needs the `lmdb` package (pip install "
-                        "lmdb); or provide the JSON release instead") from None
+                        "lmdb); or provide the JSON release instead")
     env = lmdb.open(str(path), max_readers=1, readonly=True, lock=False, readahead=False, meminit=False)
     with env.begin(write=False) as txn:
         n = pickle.loads(txn.get(b"num_examples"))
@@ -141,9 +149,19 @@ class BucketSampler(EpochSampler):
                             generator(self.seed, BUCKETS, epoch))
 
 
-class RemoteHomology(Task):
+@register
+class RemoteHomology(ReleaseValidation):
     name = "remote-homology"
-    eval_split = "valid"  # the paper's code scored TAPE's 'valid' split, not the fold holdout
+    description = "TAPE fold classification of protein sequences"
+    # The paper's code scored TAPE's 'valid' split, not the fold holdout.
+    split_sizes = (12_312, 736)
+    val_split, test_split, test_size = "valid", "test_fold_holdout", 718
+    options = {
+        "padding": PADDING,
+        "homology_long": Option(LONG_SEQUENCES, "truncate", "sequences over max_len: keep their "
+                                "start, or drop them and count them as wrong, as the paper's code"),
+    }
+    root = "remote-homology"
 
     def make_spec(self) -> TaskSpec:
         return TaskSpec(name=self.name, input_kind="tokens", input_dim=len(IUPAC),
@@ -152,12 +170,15 @@ class RemoteHomology(Task):
 
     @classmethod
     def folder(cls, data_dir) -> Path:
-        return Path(data_dir) / "remote-homology"
+        return Path(data_dir) / cls.root
 
-    @classmethod
-    def data_files(cls, data_dir) -> list[Path]:
-        return [cls._find(data_dir, split) or cls.folder(data_dir) / f"remote_homology_{split}.json"
-                for split in ("train", cls.eval_split)]
+    def data_files(self) -> list[Path]:
+        return [self._find(self.data_dir, split) or self.folder(self.data_dir) / self._json(split)
+                for split in self.splits_read()]
+
+    @staticmethod
+    def _json(split: str) -> str:
+        return f"remote_homology_{split}.json"
 
     @classmethod
     def _find(cls, data_dir, split: str) -> Path | None:
@@ -172,8 +193,6 @@ class RemoteHomology(Task):
     @classmethod
     def prepare(cls, data_dir, **options) -> None:
         super().prepare(data_dir, **options)
-        from torchvision.datasets.utils import download_and_extract_archive
-
         folder = cls.folder(data_dir)
         try:
             download_and_extract_archive(JSON_URL, download_root=str(folder))
@@ -182,21 +201,50 @@ class RemoteHomology(Task):
                             f"({one_line(e)}); fetch it on a machine with internet and "
                             f"unpack it there") from None
 
-    def _split(self, split: str) -> tuple[Tensor, Tensor, Tensor]:
-        path = self._find(self.data_dir, split)
-        if path is None:
-            folder = self.folder(self.data_dir)
-            files = [f"remote_homology_{s}.json" for s in ("train", self.eval_split)]
-            raise missing(self.name, folder, files, HOW.format(folder=folder))
-        return to_tensors(read_records(path), self.spec.n_tokens, path, self.padding == "right")
+    @classmethod
+    def write_fixture(cls, folder: Path, seed: int = 0, n_train: int = 32, n_valid: int = 16,
+                      splits: tuple[str, ...] | None = None) -> dict:
+        """TAPE's raw JSON release: remote_homology_<split>.json of random sequences, 5 to 59
+        residues, every split but training n_valid records long."""
+        rng = np.random.default_rng(seed)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        out = {}
+        for split in splits or cls.release_splits():
+            n = n_train if split == "train" else n_valid
+            records = []
+            for i in range(n):
+                primary = "".join(rng.choice(list(AMINO), rng.integers(5, 60)))
+                records.append({"id": f"d{split}{i}", "primary": primary,
+                                "protein_length": len(primary),
+                                "fold_label": int(rng.integers(0, N_FOLDS)), "superfamily_label": 0,
+                                "family_label": 0, "class_label": 0})
+            (Path(folder) / cls._json(split)).write_text(json.dumps(records))
+            out[split] = records
+        return out
 
     @property
     def batch_dependent(self) -> bool:
         return self.padding == "right"
 
+    def eval_batch_size(self, batch_size: int) -> int:
+        """Under right padding a batch's length is its longest sequence's, so evaluation's batch
+        changes the numbers: the paper's code evaluated with batches of 4 x the training batch
+        (kzl/universal-computation, universal_computation/experiment.py:
+        `RemoteHomologyDataset(train_batch_size=batch_size, test_batch_size=4*batch_size, ...)`)."""
+        return 4 * batch_size if self.batch_dependent else super().eval_batch_size(batch_size)
+
+    def _read(self, split: str) -> tuple[Tensor, Tensor, Tensor]:
+        path = self._find(self.data_dir, split)
+        if path is None:
+            folder = self.folder(self.data_dir)
+            raise missing(self.name, folder, [self._json(s) for s in self.splits_read()],
+                          HOW.format(folder=folder))
+        return to_tensors(read_records(path), self.spec.n_tokens, path, self.padding == "right")
+
     def _load(self) -> None:
-        drop = self.long_sequences == "drop"
-        x, y, too_long = self._split("train")
+        drop = self.homology_long == "drop"
+        train, held_out, *val = self.splits_read()
+        x, y, too_long = self._read(train)
         if drop:  # the paper's code skipped them in training too
             x, y = x[~too_long], y[~too_long]
             if not len(y):
@@ -205,8 +253,11 @@ class RemoteHomology(Task):
         self._set_train(x, y)
         if self.batch_dependent:
             self._sampler = BucketSampler(lengths_of(self._train[0]), self.seed)
-        x, y, too_long = self._split(self.eval_split)
+        x, y, too_long = self._read(held_out)
         self._set_held_out(x, y, ~too_long if drop else None)
+        if val:
+            x, y, too_long = self._read(val[0])
+            self._set_validation(x, y, ~too_long if drop else None)
 
     def _batches(self, raw: Tensor, y: Tensor, batch_size: int):
         if self.batch_dependent:  # batch-mates of similar length, as TAPE's loader gives them

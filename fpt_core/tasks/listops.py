@@ -18,7 +18,8 @@ from torch import Tensor
 
 from fpt_core.atomic import atomic_path
 from fpt_core.errors import ConfigError
-from fpt_core.tasks.base import DataError, Task, TaskSpec, missing
+from fpt_core.tasks.base import PADDING, DataError, ReleaseValidation, TaskSpec, missing
+from fpt_core.tasks.registry import Option, register
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")  # LRA's ops; FIRST and LAST are commented out there
 END = "]"
@@ -77,13 +78,6 @@ def encode_rows(sources: list[bytes], tokenizer: str, n_tokens: int, right: bool
     column = pos[first] if right else n_tokens - lengths[row_of[first]] + pos[first]
     out[row_of[first], column] = tokens[first]
     return out
-
-
-def encode(source: str | bytes, tokenizer: str = "paper") -> np.ndarray:
-    """Token ids (uint8, no padding) of one expression."""
-    source = source.encode() if isinstance(source, str) else source
-    row = encode_rows([source], tokenizer, max(len(source), 1))[0]
-    return row[row > 0]
 
 
 def read_tsv(path: Path, tokenizer: str, n_tokens: int, chunk: int = 2048,
@@ -187,10 +181,20 @@ def write_tsv(rows: list[tuple[str, int]], path: Path) -> None:
         writer.writerows(rows)
 
 
-class ListOps(Task):
+@register
+class ListOps(ReleaseValidation):
     name = "listops"
-    splits = ("train", "val", "test")
-    eval_split = "val"  # the paper's code scored the validation file (get_datasets' second output)
+    description = "LRA ListOps: evaluate nested MIN/MAX/MED/SM lists"
+    # The held-out split is basic_val.tsv, which the paper's code scored (get_datasets' second
+    # output); with val_size it validates and basic_test.tsv is scored.
+    split_sizes = (96_000, 2000)
+    val_split, test_split, test_size = "val", "test", 2000
+    options = {
+        "tokenizer": Option(TOKENIZERS, "paper", "paper drops the brackets, as the paper's code "
+                            "(a known LRA tokenizer bug); fixed keeps them"),
+        "padding": PADDING,
+    }
+    root = "listops"
 
     def make_spec(self) -> TaskSpec:
         return TaskSpec(name=self.name, input_kind="tokens",
@@ -200,16 +204,15 @@ class ListOps(Task):
 
     @classmethod
     def folder(cls, data_dir) -> Path:
-        return Path(data_dir) / "listops"
+        return Path(data_dir) / cls.root
+
+    def data_files(self) -> list[Path]:
+        return [self.folder(self.data_dir) / f"basic_{s}.tsv" for s in self.splits_read()]
 
     @classmethod
-    def data_files(cls, data_dir) -> list[Path]:
-        return [cls.folder(data_dir) / f"basic_{s}.tsv" for s in ("train", cls.eval_split)]
-
-    @classmethod
-    def prepare(cls, data_dir, *, n_train: int = 96_000, n_val: int = 2000, n_test: int = 2000,
-                max_depth: int = 10, max_args: int = 10, min_length: int | None = None,
-                max_length: int = 2000, seed: int = 0) -> None:
+    def prepare(cls, data_dir, *, n_train: int = split_sizes[0], n_val: int = split_sizes[1],
+                n_test: int = test_size, max_depth: int = 10, max_args: int = 10,
+                min_length: int | None = None, max_length: int = 2000, seed: int = 0) -> None:
         """Generate basic_{train,val,test}.tsv in data_dir/listops with LRA's generator, offline."""
         counts = [int(n_train), int(n_val), int(n_test)]
         rows = generate(sum(counts), max_depth=int(max_depth), max_args=int(max_args),
@@ -218,12 +221,32 @@ class ListOps(Task):
         folder = cls.folder(data_dir)
         folder.mkdir(parents=True, exist_ok=True)
         start = 0
-        for split, count in zip(cls.splits, counts):
+        for split, count in zip(cls.release_splits(), counts):
             write_tsv(rows[start:start + count], folder / f"basic_{split}.tsv")
             start += count
 
+    @classmethod
+    def write_fixture(cls, folder: Path, seed: int = 0, n_train: int = 32, n_val: int = 16,
+                      n_test: int = 16) -> dict:
+        """basic_{train,val,test}.tsv of short expressions from LRA's generator, each split
+        cycling through every value 0..9."""
+        counts = (n_train, n_val, n_test)
+        pool = generate(20 * sum(counts), max_depth=4, max_args=4, min_length=5, max_length=60,
+                        seed=seed)
+        by_value: dict[int, list[tuple[str, int]]] = {v: [] for v in range(10)}
+        for text, value in pool:
+            by_value[value].append((text, value))
+        # deal the values round-robin so each split cycles through every value the pool holds
+        dealt = [rows[i] for i in range(len(pool)) for rows in by_value.values() if i < len(rows)]
+        out, start = {}, 0
+        for split, n in zip(cls.release_splits(), counts):
+            out[split] = dealt[start:start + n]
+            write_tsv(out[split], Path(folder) / f"basic_{split}.tsv")
+            start += n
+        return out
+
     def _load(self) -> None:
-        files = self.data_files(self.data_dir)
+        files = self.data_files()
         if not all(f.exists() for f in files):
             raise missing(self.name, self.folder(self.data_dir), [f.name for f in files],
                           "generate them offline with `fpt data listops dir=DATA_DIR`, or take "
@@ -232,8 +255,12 @@ class ListOps(Task):
         # Right padding is the paper's: zeros after the tokens up to max_len, and the model reads
         # the last position, a pad for every expression shorter than max_len.
         right = self.padding == "right"
-        self._set_train(*read_tsv(files[0], self.tokenizer, self.spec.n_tokens, right=right))
-        self._set_held_out(*read_tsv(files[1], self.tokenizer, self.spec.n_tokens, right=right))
+        train, held_out, *val = [read_tsv(f, self.tokenizer, self.spec.n_tokens, right=right)
+                                 for f in files]
+        self._set_train(*train)
+        self._set_held_out(*held_out)
+        if val:
+            self._set_validation(*val[0])
 
     def _features(self, raw: Tensor, aug: torch.Generator | None) -> Tensor:
         return raw.long()

@@ -1,38 +1,47 @@
 # The representation comparison (config `cka:`): linear CKA between the hidden states of each
 # block of untrained FPTs whose frozen blocks come from different pretraining (language, vision,
 # bit memory, random, statistics), on the same held-out examples of each task, and of one
-# trained FPT before and after training. Its functions are in cka_common.smk.
+# trained FPT before and after training (fpt_core/cka_stage.py). One table per task, named by
+# the hash of what it compares, so studies that ask for the same comparison share it.
 
 
 rule cka:
     input:
-        unpack(cka_inputs),
+        lambda wildcards: STUDY.cka_inputs(wildcards.task),
     output:
-        CKA_TABLE,
-    params:
-        tasks=cka_jobs(),
-        examples=CKA.get("examples", fpt_cka_stage.DEFAULT_EXAMPLES),
-        pool=CKA.get("pool", "mean"),
+        STUDY.cka_table(),
     log:
-        f"logs/{STUDY}/cka.log",
+        STUDY.cka_log(),
+    wildcard_constraints:
+        task=regex_of(STUDY.cka_models()),
+        digest="[0-9a-f]{12}",
     conda:
         "../../environment.yml"
+    params:
+        job=lambda wildcards: STUDY.cka_job(wildcards.task),
+        trained=lambda wildcards: STUDY.cka_trained_model(wildcards.task),
     script:
         "../scripts/cka.py"
 
 
 rule draw_cka:
     input:
-        CKA_TABLE,
+        tables=[STUDY.cka_table(task) for task in STUDY.cka_models()],
+        description=STUDY.description_file,
     output:
-        png=report(f"{FIGURES_DIR}/cka.png", caption="../report/cka.rst", category="Representations"),
-        md=f"{FIGURES_DIR}/cka.md",
-    params:
-        title=CKA.get("title", "Representations: linear CKA of the frozen blocks across "
-                               "pretraining modalities, and before vs after training"),
+        png=update(
+            report(
+                f"{STUDY.figures_dir}/cka.png",
+                caption="../report/cka.rst",
+                category="Representations",
+            )
+        ),
+        md=update(f"{STUDY.figures_dir}/cka.md"),
     log:
-        f"logs/{STUDY}/cka-figure.log",
+        f"{STUDY.logs_dir}/cka-figure.log",
     conda:
         "../../environment.yml"
+    params:
+        title=STUDY.cka_title(),
     script:
         "../scripts/draw_cka.py"

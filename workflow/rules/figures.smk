@@ -1,61 +1,58 @@
-# Every ablation's figure and table, and the attention maps of the bit tasks, drawn from the
-# aggregated tables only. One job draws them all: redrawing costs one Python start-up instead of
-# one per figure, so `snakemake --cores 1 figures` takes seconds.
+# Every ablation's figure and table, the attention maps of the bit tasks, and the study's compute,
+# drawn from the aggregated tables only. One job draws the ablations: redrawing costs one Python
+# start-up, so `snakemake --cores 1 figures` takes seconds. Outputs are flagged update(): a job
+# that fails restores the previous files instead of deleting them.
 
 
 rule figures:
     input:
-        figure_targets(),
-        cka_targets(),
+        STUDY.description_file,
+        STUDY.figure_files(),
 
 
 rule draw_figures:
     input:
-        table=f"{RESULTS}/aggregate.parquet",
-        curves=f"{RESULTS}/curves.parquet",
-        attention=expand(f"{RESULTS}/attention/{{task}}.parquet", task=attention_tasks()),
+        table=f"{STUDY.results_dir}/aggregate.parquet",
+        curves=f"{STUDY.results_dir}/curves.parquet",
+        description=STUDY.description_file,
+        attention=[STUDY.attention_table(c) for c in STUDY.attention_cells().values()],
     output:
         images=[
-            report(
-                f"{FIGURES_DIR}/{name}.png",
-                caption="../report/ablation.rst",
-                category="Ablations",
-                labels={"ablation": name, "figure": ablation_setting(name, "figure", "bars")},
+            update(
+                report(
+                    f"{STUDY.figures_dir}/{name}.png",
+                    caption="../report/ablation.rst",
+                    category="Ablations",
+                    labels={"ablation": name, "figure": settings["kind"]},
+                )
             )
-            for name in GRID.ablations
+            for name, settings in STUDY.ablation_settings().items()
         ],
         tables=[
-            report(
-                f"{FIGURES_DIR}/{name}.md",
-                caption="../report/table.rst",
-                category="Tables",
-                labels={"ablation": name},
+            update(
+                report(
+                    f"{STUDY.figures_dir}/{name}.md",
+                    caption="../report/table.rst",
+                    category="Tables",
+                    labels={"ablation": name},
+                )
             )
-            for name in GRID.ablations
+            for name in STUDY.ablation_settings()
         ],
+        latex=[update(f"{STUDY.figures_dir}/{name}.tex") for name in STUDY.ablation_settings()],
         attention=[
-            report(
-                f"{FIGURES_DIR}/attention-{task}.png",
-                caption="../report/attention.rst",
-                category="Attention maps",
-                labels={"task": task},
+            update(
+                report(
+                    f"{STUDY.figures_dir}/attention-{task}.png",
+                    caption="../report/attention.rst",
+                    category="Attention maps",
+                    labels={"task": task},
+                )
             )
-            for task in attention_tasks()
+            for task in STUDY.attention_cells()
         ],
-    params:
-        ablations={
-            name: {
-                "kind": ablation_setting(name, "figure", "bars"),
-                "title": ablation_setting(name, "title", name),
-                "thresholds": ablation_setting(name, "thresholds", {}),
-                "paper_notes": ablation_setting(name, "paper_notes", {}),
-            }
-            for name in GRID.ablations
-        },
-        metric=FIGURES.get("metric", "final_test_acc"),
-        reported=reported_path(),
     log:
-        f"logs/{STUDY}/figures.log",
+        f"{STUDY.logs_dir}/figures.log",
     conda:
         "../../environment.yml"
     script:
@@ -64,38 +61,49 @@ rule draw_figures:
 
 rule draw_compute:
     input:
-        table=f"{RESULTS}/aggregate.parquet",
+        table=f"{STUDY.results_dir}/aggregate.parquet",
+        description=STUDY.description_file,
     output:
-        png=report(f"{FIGURES_DIR}/compute.png", caption="../report/compute.rst", category="Compute"),
-        md=report(f"{FIGURES_DIR}/compute.md", caption="../report/compute.rst", category="Compute"),
-    params:
-        title=f"compute of the {STUDY} study",
+        png=update(
+            report(
+                f"{STUDY.figures_dir}/compute.png",
+                caption="../report/compute.rst",
+                category="Compute",
+            )
+        ),
+        md=update(
+            report(
+                f"{STUDY.figures_dir}/compute.md",
+                caption="../report/compute.rst",
+                category="Compute",
+            )
+        ),
+        tex=update(f"{STUDY.figures_dir}/compute.tex"),
     log:
-        f"logs/{STUDY}/compute.log",
+        f"{STUDY.logs_dir}/compute.log",
     conda:
         "../../environment.yml"
+    params:
+        study=STUDY.name,
     script:
         "../scripts/draw_compute.py"
 
 
 rule attention_maps:
+    """What a trained cell's frozen blocks attend to on held-out examples. Addressed by the
+    cell, so every study that draws the same cell's maps shares them."""
     input:
-        # ancient: the maps need the cell's model.pt, which is not committed; a fresh clone
-        # must not try to recompute them because its summary looks newer.
-        done=lambda wildcards: ancient(cell_done(attention_cell(wildcards.task))),
+        model="{cell_dir}/model.pt",
     output:
-        f"{RESULTS}/attention/{{task}}.parquet",
-    params:
-        # Written beside the summary by the cell's train job, which declares only the summary:
-        # model.pt is not committed, and a declared output missing on a fresh clone would
-        # retrain the cell.
-        model=lambda wildcards: f"{cell_dir(attention_cell(wildcards.task))}/model.pt",
-        examples=ATTENTION.get("examples", 1),
+        "{cell_dir}/attention-{examples}.parquet",
     log:
-        f"logs/{STUDY}/attention/{{task}}.log",
+        STUDY.attention_log(),
     wildcard_constraints:
-        task=regex_of(attention_tasks()),
+        cell_dir=regex_of([STUDY.cell_dir(c) for c in STUDY.attention_cells().values()]),
+        examples=r"\d+",
     conda:
         "../../environment.yml"
+    params:
+        examples=lambda wildcards: int(wildcards.examples),
     script:
         "../scripts/attention_maps.py"

@@ -1,67 +1,39 @@
-# Training. Cells are content-addressed: results/cells/<cell id>/, the id a hash of the resolved
-# cell, so a cell that several ablations (or studies) share trains once.
+# Training. A cell's results are content-addressed: results/cells/<cell id>/, the id a hash of
+# the resolved cell, so a cell that several ablations (or studies) share trains once.
 #
-# With `train: pack_cells: N` > 1 the unfinished cells go in packs of at most N (common.smk,
-# fpt_core/pack.py), each pack one job and one process that trains its cells one after
-# another: imports and backbone loads are paid once per pack, not per cell. A pack's flag file
-# stands for its cells in the DAG; each cell still writes its own directory and its own log
-# logs/train/<cell id>.log. With pack_cells 1, each cell is its own `train` job.
+# The study's unfinished cells come in packs (`train: pack_cells`, `pack_minutes`; one cell
+# each by default): one job and one process trains a pack's cells one after another, so Python,
+# torch and the backbone load once per pack, and on Slurm a pack holds one GPU. A job's outputs
+# are its cells' own files, and a finished cell is in no pack: it never trains again, and a pack
+# stopped half-way is, next time, a smaller pack of what is left. Each cell logs to
+# logs/train/<cell id>.log as it runs.
 
+for pack_name, pack_cells in STUDY.packs.items():
 
-rule train_pack:
-    input:
-        unpack(pack_inputs),
-    output:
-        touch(f"{PACKS_DIR}/{{pack}}.done"),
-    params:
-        jobs=lambda wildcards: pack_jobs(wildcards.pack),
-        summary=lambda wildcards: pack_message(wildcards.pack),
-    log:
-        "logs/train/pack-{pack}.log",
-    message:
-        "{params.summary}"
-    wildcard_constraints:
-        pack=regex_of(PACKS),
-    group:
-        TRAIN.get("group")
-    threads: TRAIN.get("threads", 1)
-    resources:
-        mem_mb=TRAIN.get("mem_mb", 4000),
-        runtime=lambda wildcards: train_runtime(PACKS[wildcards.pack]),
-        gpu=1 if TRAIN.get("device") == "cuda" else 0,
-    conda:
-        "../../environment.yml"
-    script:
-        "../scripts/train_pack.py"
-
-
-rule train:
-    input:
-        unpack(train_inputs),
-    output:
-        summary=f"{CELLS_DIR}/{{cell}}/summary.parquet",
-        curve=f"{CELLS_DIR}/{{cell}}/curve.parquet",
-    params:
-        cell=lambda wildcards: fpt_grid.cell_args(GRID.cells[wildcards.cell]),
-        out=lambda wildcards, output: os.path.dirname(output.summary),
-    log:
-        "logs/train/{cell}.log",
-    # Inside the cell's directory so that it is committed with the results: a missing
-    # benchmark file would count as a missing output and retrain the cell.
-    benchmark:
-        f"{CELLS_DIR}/{{cell}}/benchmark.tsv"
-    wildcard_constraints:
-        cell="[0-9a-f]{12}",
-    group:
-        TRAIN.get("group")
-    threads: TRAIN.get("threads", 1)
-    resources:
-        mem_mb=TRAIN.get("mem_mb", 4000),
-        runtime=lambda wildcards: train_runtime([GRID.cells[wildcards.cell]]),
-        gpu=1 if TRAIN.get("device") == "cuda" else 0,
-    conda:
-        "../../environment.yml"
-    # RUN_ARGS (device, data_dir, ...) is part of the command, not of params: changing it
-    # changes no numbers and must not make Snakemake retrain (params are a rerun trigger).
-    shell:
-        f"fpt train {{params.cell}} {RUN_ARGS} out={{params.out}} > {{log}} 2>&1"
+    rule:
+        name:
+            f"train_{pack_name}"
+        input:
+            sorted({ancient(f) for cell in pack_cells for f in STUDY.setup_inputs(cell)}),
+        output:
+            [f for cell in pack_cells for f in STUDY.outputs(cell.id)],
+        log:
+            f"logs/train/pack-{pack_name}.log",
+        # pretraining first: the cells that load its export wait for it
+        priority: 10 if pack_cells[0].id in STUDY.pretrain_ids else 0
+        group:
+            STUDY.resources.group
+        conda:
+            "../../environment.yml"
+        threads: STUDY.resources.threads
+        resources:
+            mem_mb=STUDY.mem_mb(pack_cells),
+            runtime=STUDY.runtime(pack_cells),
+            gpu=STUDY.gpus(),
+        params:
+            jobs=STUDY.jobs(pack_name),
+            run=STUDY.run.to_dict(),
+        message:
+            STUDY.pack_message(pack_name)
+        script:
+            "../scripts/train_pack.py"

@@ -6,5 +6,5 @@ from fpt_core.attention import attention_table
 
 # Uncaught errors go to the log too: sys.excepthook writes to sys.stderr.
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
-table = attention_table(snakemake.params.model, snakemake.params.examples)
+table = attention_table(snakemake.input.model, snakemake.params.examples)
 results.write_parquet(table, snakemake.output[0])

@@ -1,7 +1,5 @@
-"""Linear CKA of the study's backbones on each task's held-out examples, as a Parquet table."""
+"""Linear CKA of the study's backbones on one task's held-out examples, as a Parquet table."""
 import sys
-
-import pandas as pd
 
 from fpt_core import results
 from fpt_core.cell import make_cell
@@ -9,10 +7,9 @@ from fpt_core.cka_stage import task_table
 
 # Uncaught errors go to the log too: sys.excepthook writes to sys.stderr.
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
-parts = []
-for task, spec in snakemake.params.tasks.items():
-    cells = {name: make_cell(values) for name, values in spec["models"].items()}
-    parts.append(task_table(cells, snakemake.params.examples, snakemake.params.pool,
-                            spec["trained"]))
-    print(f"{task}: {', '.join(cells)}" + (f"; before/after {spec['trained']}" if spec["trained"] else ""))
-results.write_parquet(pd.concat(parts, ignore_index=True), snakemake.output[0])
+job = snakemake.params.job
+cells = {name: make_cell(values) for name, values in job["models"].items()}
+trained = snakemake.params.trained
+table = task_table(cells, job["examples"], job["pool"], trained)
+print(f"{job['task']}: {', '.join(cells)}" + (f"; before/after {trained}" if trained else ""))
+results.write_parquet(table, snakemake.output[0])

@@ -5,5 +5,5 @@ from fpt_core.compute import draw_compute
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 compute = draw_compute(snakemake.input.table, snakemake.output.png, snakemake.output.md,
-                       title=snakemake.params.title)
+                       study=snakemake.params.study, tex=snakemake.output.tex)
 print(compute.to_string(index=False))

@@ -1,5 +1,5 @@
 """Prepare one task's data (generate ListOps offline; fetch datasets where there is internet), or
-for a smoke run write its tiny fixture in the real on-disk format."""
+for a smoke study write its tiny fixture in the real on-disk format."""
 import sys
 
 from fpt_core.smoke import write_fixtures
