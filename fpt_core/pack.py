@@ -30,7 +30,7 @@ import numpy as np
 
 from fpt_core import results
 from fpt_core.cell import make_cell
-from fpt_core.errors import ResultError
+from fpt_core.errors import ConfigError, DataError, ResultError
 from fpt_core.run import Run
 from fpt_core.together import groups
 from fpt_core.train import Preempted, train_cell, train_cells
@@ -141,9 +141,10 @@ def train_pack(jobs: list[dict], run: dict) -> list[str]:
 
 def _train_logged(group: list, run: Run, jobs: list[dict]) -> list:
     """train_cells with what each cell prints going to its own log, line by line, so the log
-    shows the run as it goes (as one `fpt train` job's log would), and each failure's traceback
-    there. A cell alone has all the process prints in its log; cells together print their own
-    lines to their own logs, and the rest goes to the process's output."""
+    shows the run as it goes (as one `fpt train` job's log would), and each failure there: a
+    traceback, or one line for an error in the config or the data. A cell alone has all the
+    process prints in its log; cells together print their own lines to their own logs, and the
+    rest goes to the process's output."""
     with ExitStack() as stack:
         logs = []
         for job in jobs:
@@ -159,7 +160,9 @@ def _train_logged(group: list, run: Run, jobs: list[dict]) -> list:
                 print(f"stopped: {e}; the next run resumes", file=log)
             raise
         for outcome, log in zip(outcomes, logs):
-            if isinstance(outcome, BaseException):
+            if isinstance(outcome, (ConfigError, DataError)):  # the user's to fix: one line says how
+                print(f"error: {outcome}", file=log)
+            elif isinstance(outcome, BaseException):
                 traceback.print_exception(outcome, file=log)
         return outcomes
 

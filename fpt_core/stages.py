@@ -90,6 +90,13 @@ class Stages:
         return f"{self.cell_dir(cell_id)}/attention-{self.attention_examples()}.parquet"
 
     @staticmethod
+    def attention_inputs(cell_dir: str, examples: str) -> dict[str, str]:
+        """The trained weights, until the maps are drawn: then nothing (a fresh clone has the
+        committed maps and no model.pt, which would otherwise retrain the cell)."""
+        done = Path(f"{cell_dir}/attention-{examples}.parquet").exists()
+        return {} if done else {"model": f"{cell_dir}/model.pt"}
+
+    @staticmethod
     def attention_log(cell_dir: str = "{cell_dir}", examples: int | str = "{examples}") -> str:
         """The attention job's log; called without arguments, the rule's pattern."""
         return f"logs/attention/{cell_dir}-{examples}.log"
@@ -143,6 +150,11 @@ class Stages:
         return f"{self.logs_dir}/cka-{task}-{digest}.log"
 
     def cka_inputs(self, task: str) -> list[str]:
+        """What a task's CKA table is computed from. Like a finished cell, a computed table needs
+        nothing: on a fresh clone (no backbones/, no model.pt) it would otherwise pretrain and
+        retrain them. A changed comparison is another table (its name hashes it)."""
+        if Path(self.cka_table(task)).exists():
+            return []
         needs = []
         for cell in self.cka_models()[task].values():
             needs += self.setup_inputs(cell)

@@ -93,7 +93,7 @@ rule attention_maps:
     """What a trained cell's frozen blocks attend to on held-out examples. Addressed by the
     cell, so every study that draws the same cell's maps shares them."""
     input:
-        model="{cell_dir}/model.pt",
+        unpack(lambda wildcards: STUDY.attention_inputs(wildcards.cell_dir, wildcards.examples)),
     output:
         "{cell_dir}/attention-{examples}.parquet",
     log:
