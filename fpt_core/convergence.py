@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
+
 WITHIN = 0.01  # a point of accuracy: the paper's Table 6 counts a run converged within one
 
 
@@ -38,3 +40,25 @@ def stop_index(curve: list[dict], patience: int, within: float = WITHIN) -> int 
         if converged(curve[:end], patience, within):
             return end - 1
     return None
+
+
+def replay(curves: pd.DataFrame, patience: int, within: float = WITHIN) -> pd.DataFrame:
+    """Per cell of finished runs' `curves` (results.CURVE_COLUMNS), what `stop: converged` with
+    this patience would have changed: the step it stops at (its budget where it never stops),
+    and the final and best test accuracy at that step beside the whole budget's. Exact for a
+    deterministic run: a run that stops is the budget run cut short (the rule reads only its
+    curve)."""
+    rows = []
+    for cell_id, curve in curves.sort_values(["cell_id", "step"], kind="stable").groupby("cell_id", sort=False):
+        records = curve.to_dict("records")
+        stop = stop_index(records, patience, within)
+        kept = records if stop is None else records[:stop + 1]
+        rows.append({"cell_id": cell_id, "evaluations": len(records), "steps": records[-1]["step"],
+                     "stop_step": kept[-1]["step"], "final": records[-1]["test_acc"],
+                     "final_stopped": kept[-1]["test_acc"],
+                     "best": max(r["test_acc"] for r in records),
+                     "best_stopped": max(r["test_acc"] for r in kept)})
+    out = pd.DataFrame(rows, columns=["cell_id", "evaluations", "steps", "stop_step", "final",
+                                      "final_stopped", "best", "best_stopped"])
+    return out.assign(final_change=out["final_stopped"] - out["final"],
+                      best_change=out["best_stopped"] - out["best"])

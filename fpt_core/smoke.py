@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from fpt_core.atomic import atomic_dir
 from fpt_core.backbones.base import check_depth
@@ -77,14 +77,6 @@ def write_fixtures(data_dir: str | Path, tasks: Iterable[str] | None = None, see
 def _fill_fixture(tmp: Path, cls: type[Task], seed: int) -> None:
     cls.write_fixture(tmp, seed)
     (tmp / FIXTURE_MARKER).write_text(json.dumps({"fixture": cls.root, "seed": seed}) + "\n")
-
-
-# ---------------------------------------------------------------- tiny backbones of the same class
-
-def used_backbones(cells: Iterable[Any]) -> list[str]:
-    """The registry names among the backbones of resolved cells (dicts or Cells), sorted."""
-    names = {(c.get("backbone", "gpt2") if isinstance(c, dict) else c.backbone) for c in cells}
-    return sorted(n for n in names if n in BACKBONES)
 
 
 # ---------------------------------------------------------------- a smoke cell

@@ -32,10 +32,6 @@ def load_reported(path: str | Path | None) -> pd.DataFrame | None:
     return pd.read_csv(path, dtype={"table": str})
 
 
-def paper_value(reported: pd.DataFrame | None, experiment: str, row: str, task: str) -> float:
-    return paper_entry(reported, experiment, row, task)[0]
-
-
 def paper_entry(reported: pd.DataFrame | None, experiment: str, row: str, task: str
                 ) -> tuple[float, str]:
     """The paper's number for (experiment, row, task) and its note ('' for none)."""
@@ -311,13 +307,6 @@ def table_frame(summary: pd.DataFrame, labels: list[str], tasks: list[str], digi
                       paper_text(r["paper"], r.get("paper_note", ""), digits)]
         body.append(cells)
     return pd.DataFrame(body, columns=header)
-
-
-def markdown_table(summary: pd.DataFrame, labels: list[str], tasks: list[str],
-                   title: str, note: str, what: str, digits: int = 1) -> str:
-    """Rows are labels; per task a column of ours (mean ± std over seeds) and the paper's."""
-    frame = table_frame(summary, labels, tasks, digits)
-    return Table(title, f"{what} {SPREAD}", frame, note).markdown()
 
 
 CONVERGED_WITHIN = 0.01  # a run has converged once within 1 point of its final accuracy

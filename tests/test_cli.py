@@ -7,10 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-
-def fpt(*args):
-    return subprocess.run([sys.executable, "-m", "fpt_core.cli", *args], capture_output=True, text=True)
+from _runs import fpt
 
 
 def test_params_match_the_paper_for_cifar10_on_gpt2():

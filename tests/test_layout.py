@@ -1,9 +1,10 @@
-"""The shape of the library: no import cycles (imports inside functions counted), small files."""
+"""The shape of the library and the benchmark: no import cycles (imports inside functions
+counted), small files, and the library reaching the benchmark only through its command."""
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "fpt_core"
+PACKAGES = (ROOT / "fpt_core", ROOT / "fpt_bench")
 
 
 def module_name(path: Path) -> str:
@@ -12,7 +13,7 @@ def module_name(path: Path) -> str:
 
 
 def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """fpt_core modules that `path` imports anywhere in it, functions included."""
+    """Modules among `modules` that `path` imports anywhere in it, functions included."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -26,7 +27,7 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
 
 
 def graph() -> dict[str, set[str]]:
-    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    paths = {module_name(p): p for package in PACKAGES for p in package.rglob("*.py")}
     return {name: imports_of(path, set(paths)) - {name} for name, path in paths.items()}
 
 
@@ -57,13 +58,21 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_fpt_core_has_no_import_cycle():
+def test_the_library_and_the_benchmark_have_no_import_cycle():
     # A package's __init__ importing its own submodules is how a package is made, not a cycle.
     edges = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in graph().items()}
     assert find_cycle(edges) is None, " -> ".join(find_cycle(edges))
 
 
 def test_no_library_file_is_over_400_lines():
-    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
+    long = {str(p.relative_to(ROOT)): n for package in PACKAGES for p in package.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 400}
     assert not long
+
+
+def test_the_library_reaches_the_benchmark_only_through_fpt_bench_command():
+    edges = graph()
+    assert "fpt_bench.bench" in edges["fpt_core.cli"]  # the graph sees the command's import
+    into_bench = {m for m, deps in edges.items() if m.startswith("fpt_core")
+                  and any(d.startswith("fpt_bench") for d in deps)}
+    assert into_bench == {"fpt_core.cli"}

@@ -214,7 +214,7 @@ def test_every_paper_cell_has_its_own_smoke_cell(smoke_dirs):
     config = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
     real = grid.build(config)
     cells = [*real.cells.values(), *real.pretrain.values()]
-    assert smoke.used_backbones(cells) == [
+    assert sorted({c.backbone for c in cells} & set(BACKBONES)) == [
         "bert-base", "gpt2", "gpt2-large", "gpt2-medium", "lstm", "vit-base-in21k-ft-in1k"]
     ids = {make_cell(smoke.smoke_cell_values(c.to_dict(), smoke_dirs[0])).id for c in cells}
     assert len(ids) == len(cells)

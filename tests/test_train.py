@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _runs import fpt, kill_after_first_checkpoint
 
 import fpt_core.train as train_mod
 from fpt_core import member, results
@@ -19,11 +20,6 @@ TINY = {"task": "bit-xor", "backbone": "gpt2-tiny", "init": "random", "eval_size
 RUN = Run(progress=False)
 ALL_GROUPS = "input,positions,layernorm,attention,feedforward,output"
 VOLATILE = ["wall_time_s", "finished_at", "hostname"]
-
-
-def fpt(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "fpt_core.cli", *args], capture_output=True,
-                          text=True, **kw)
 
 
 def comparable(out_dir):
@@ -93,13 +89,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
             "eval_every=50", "checkpoint_every=30", "eval_size=256", "progress=false"]
     assert fpt(*args, f"out={tmp_path / 'whole'}").returncode == 0
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "fpt_core.cli", *args, f"out={killed}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / results.CHECKPOINT).exists() and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint(args, killed)
     assert (killed / results.CHECKPOINT).exists() and not (killed / results.SUMMARY).exists()
     resumed = fpt(*args, f"out={killed}")
     assert resumed.returncode == 0, resumed.stderr
