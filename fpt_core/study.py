@@ -233,11 +233,14 @@ class Study(Stages):
                 for c in self.packs[pack_name]]
 
     def cell_name(self, cell_id: str) -> str:
-        """ablation/row task seed N, the first place the cell has in the study."""
+        """ablation/row task seed N (and the swept value, in an ablation that selects over one):
+        the first place the cell has in the study."""
         if cell_id in self.pretrain_ids:
             return f"pretrain/{self.pretrain_ids[cell_id]}"
         m = next(m for m in self.grid.members if m.cell_id == cell_id)
-        return f"{m.ablation}/{m.label} {m.task} seed {m.seed}"
+        swept = ((self.grid.ablations[m.ablation] or {}).get("select") or {}).get("over")
+        value = f" {swept} {getattr(self.grid.cells[cell_id], swept)}" if swept else ""
+        return f"{m.ablation}/{m.label}{value} {m.task} seed {m.seed}"
 
     def pack_message(self, pack_name: str) -> str:
         cells = self.packs[pack_name]

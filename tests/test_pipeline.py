@@ -24,6 +24,7 @@ from fpt_core.aggregate import collect
 from fpt_core.cell import FPT_GROUPS, GROUPS, Cell
 from fpt_core.grid import build
 from fpt_core.results import ResultError
+from fpt_core.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "workflow", "profiles", "environment.yml", "paper")
@@ -185,6 +186,17 @@ def test_the_paper_smoke_run_lists_every_paper_cell_in_its_own_study(tmp_path):
     assert paths and all(p.startswith(("results/paper-smoke/", "figures/paper-smoke/", "backbones/"))
                          for p in paths), sorted(set(paths))[:10]
     assert "results/paper-smoke/data/.prepared/mnist.done" in out
+
+
+def test_the_critics_smoke_run_lists_every_critics_cell_in_its_own_study(tmp_path):
+    where = workdir(tmp_path)
+    for name in ("paper.yaml", "critics.yaml"):  # critics.yaml extends paper.yaml
+        shutil.copy(ROOT / "config" / name, where / "config" / name)
+    real = Study.load(ROOT / "config" / "critics.yaml").grid
+    out = snakemake(where, "-n", "--configfile", "config/critics.yaml", "--config", "smoke=true").stdout
+    assert trained(out) == len(real.cells) + len(real.pretrain) == len(train_cells(out))
+    assert "select" in str(real.ablations["tuned-lr"]) and "figures/critics-smoke/tuned-lr.png" in out
+    assert "figures/critics-smoke/replaced-blocks.png" in out
 
 
 @pytest.mark.slow
