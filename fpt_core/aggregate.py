@@ -9,6 +9,7 @@ missing and unreadable files are an error that names them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import pandas as pd
 
@@ -30,13 +31,14 @@ def read_cell(cell_dir: Path, cell_id: str) -> tuple[pd.DataFrame, pd.DataFrame]
     return summary, curve
 
 
-def collect(cells_dir: str | Path, members: list[dict], partial: bool = False
+def collect(cell_dirs: Mapping[str, str | Path], members: list[dict], partial: bool = False
             ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(aggregate, curves, problems): problems name each missing or unreadable cell file."""
+    """(aggregate, curves, problems), reading each member cell from its directory in
+    `cell_dirs`; problems name each missing or unreadable cell file."""
     membership = pd.DataFrame(members, columns=list(MEMBER_COLUMNS))
     summaries, curves, problems = [], [], []
     for cell_id in dict.fromkeys(membership["cell_id"]):
-        cell_dir = Path(cells_dir) / cell_id
+        cell_dir = Path(cell_dirs[cell_id])
         if not (cell_dir / results.SUMMARY).exists():
             problems.append(f"{cell_dir / results.SUMMARY} (missing)")
             continue
@@ -66,10 +68,10 @@ def _concat(frames: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFram
     return pd.concat(frames, ignore_index=True)
 
 
-def aggregate(cells_dir: str | Path, members: list[dict], table_path: str | Path,
+def aggregate(cell_dirs: Mapping[str, str | Path], members: list[dict], table_path: str | Path,
               curves_path: str | Path, partial: bool = False) -> list[str]:
     """Write the aggregate and curve tables; return the problems that a partial table skipped."""
-    table, curves, problems = collect(cells_dir, members, partial)
+    table, curves, problems = collect(cell_dirs, members, partial)
     results.write_parquet(table, Path(table_path))
     results.write_parquet(curves, Path(curves_path))
     return problems

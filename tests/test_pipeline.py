@@ -280,6 +280,11 @@ def write_cell(cells_dir: Path, cell_id: str, acc: float) -> None:
     results.write_parquet(curve, cells_dir / cell_id / results.CURVE)
 
 
+def dirs(where: Path, rows: list[dict]) -> dict[str, Path]:
+    """Every member cell's directory under `where`."""
+    return {row["cell_id"]: where / row["cell_id"] for row in rows}
+
+
 def members(*rows):
     return [{"cell_id": c, "ablation": a, "experiment": a, "label": label, "label_order": 0,
              "figure": "bars", "task": "bit-xor", "seed": 0} for c, a, label in rows]
@@ -288,11 +293,22 @@ def members(*rows):
 def test_aggregate_joins_each_membership_to_its_summary(tmp_path):
     write_cell(tmp_path, "aaaaaaaaaaaa", 0.5)
     write_cell(tmp_path, "bbbbbbbbbbbb", 0.7)
-    table, curves, problems = collect(tmp_path, members(
-        ("aaaaaaaaaaaa", "headline", "fpt"), ("aaaaaaaaaaaa", "modality", "language"),
-        ("bbbbbbbbbbbb", "headline", "full-transformer")))
+    rows = members(("aaaaaaaaaaaa", "headline", "fpt"), ("aaaaaaaaaaaa", "modality", "language"),
+                   ("bbbbbbbbbbbb", "headline", "full-transformer"))
+    table, curves, problems = collect(dirs(tmp_path, rows), rows)
     assert len(table) == 3 and problems == [] and len(curves) == 2
     assert list(table.loc[table["label"] == "language", "final_test_acc"]) == [0.5]
+
+
+def test_aggregate_reads_each_cell_from_its_own_directory(tmp_path):
+    # a grid cell that is also a pretraining lives with the pretrainings, not with the cells
+    write_cell(tmp_path / "cells", "aaaaaaaaaaaa", 0.5)
+    write_cell(tmp_path / "pretrain", "bbbbbbbbbbbb", 0.7)
+    rows = members(("aaaaaaaaaaaa", "headline", "fpt"), ("bbbbbbbbbbbb", "headline", "full"))
+    where = {"aaaaaaaaaaaa": tmp_path / "cells" / "aaaaaaaaaaaa",
+             "bbbbbbbbbbbb": tmp_path / "pretrain" / "bbbbbbbbbbbb"}
+    table, _, problems = collect(where, rows)
+    assert problems == [] and sorted(table["final_test_acc"]) == [0.5, 0.7]
 
 
 def test_aggregate_names_missing_and_unreadable_cells(tmp_path):
@@ -301,14 +317,15 @@ def test_aggregate_names_missing_and_unreadable_cells(tmp_path):
     (tmp_path / "cccccccccccc" / results.SUMMARY).write_bytes(b"not parquet")
     rows = members(("aaaaaaaaaaaa", "a", "x"), ("bbbbbbbbbbbb", "a", "y"))
     with pytest.raises(ResultError, match=r"1 cell\(s\) not usable: .*bbbbbbbbbbbb/summary.parquet \(missing\)"):
-        collect(tmp_path, rows)
-    table, _, problems = collect(tmp_path, rows, partial=True)
+        collect(dirs(tmp_path, rows), rows)
+    table, _, problems = collect(dirs(tmp_path, rows), rows, partial=True)
     assert list(table["status"]) == ["finished", "missing"] and len(problems) == 1
     assert list(table["task"]) == ["bit-xor", "bit-xor"] and table["final_test_acc"].isna()[1]
-    nothing, curves, _ = collect(tmp_path / "empty", rows, partial=True)
+    nothing, curves, _ = collect(dirs(tmp_path / "empty", rows), rows, partial=True)
     assert set(nothing["status"]) == {"missing"} and "final_test_acc" in nothing and curves.empty
     with pytest.raises(ResultError, match="cccccccccccc/summary.parquet: unreadable"):
-        collect(tmp_path, rows + members(("cccccccccccc", "a", "z")), partial=True)
+        rows += members(("cccccccccccc", "a", "z"))
+        collect(dirs(tmp_path, rows), rows, partial=True)
 
 
 # ------------------------------------------------------------------------------- end to end

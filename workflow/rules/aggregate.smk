@@ -18,9 +18,7 @@ rule aggregate:
         "../../environment.yml"
     params:
         description=STUDY.description(),
-        # where the summaries are; a partial table with no cell finished reads none
-        cells_dir=lambda wildcards, input: (
-            Path(input.cells[0]).parents[1] if input.cells else STUDY.cells_dir
-        ),
+        # each cell's directory: a cell that is also a pretraining lives with the pretrainings
+        cell_dirs={cell_id: STUDY.cell_dir(cell_id) for cell_id in STUDY.grid.cells},
     script:
         "../scripts/aggregate.py"

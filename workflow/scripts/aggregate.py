@@ -8,7 +8,7 @@ from fpt_core.results import write_json
 # Uncaught errors go to the log too: sys.excepthook writes to sys.stderr.
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 description = snakemake.params.description
-problems = aggregate(snakemake.params.cells_dir, description["members"], snakemake.output.table,
+problems = aggregate(snakemake.params.cell_dirs, description["members"], snakemake.output.table,
                      snakemake.output.curves, partial=description["partial"])
 for problem in problems:
     print(f"partial table: {problem}")
