@@ -108,7 +108,8 @@ def memory_terms(work: Work) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     task = make_task(work.cell, load=False)
     sizes, hidden, b = task.sizes(), model.backbone.hidden, work.cell.batch_size
-    tokens = b * work.spec.n_tokens * hidden * model.backbone.n_blocks  # kept for backward
+    # kept for backward, per block (the `none` backbone keeps its input layer's and layer norm's)
+    tokens = b * work.spec.n_tokens * hidden * max(model.backbone.n_blocks, 1)
     if set(work.cell.trainable) == {"output"}:  # nothing kept below the output layer: a block's
         tokens = (task.eval_batch_size(b) if work.cached else b) * work.spec.n_tokens * hidden
     examples = (sizes.train or 0) + sizes.test + (sizes.val or 0) + sizes.train_sample

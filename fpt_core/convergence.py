@@ -62,3 +62,48 @@ def replay(curves: pd.DataFrame, patience: int, within: float = WITHIN) -> pd.Da
                                       "final_stopped", "best", "best_stopped"])
     return out.assign(final_change=out["final_stopped"] - out["final"],
                       best_change=out["best_stopped"] - out["best"])
+
+
+PATIENCES = (3, 5)  # the default grid's cells evaluate about 10 times: longer waits never stop
+LOSS = 0.01  # a cell that loses more than a point by stopping is named, and keeps its budget
+
+
+def stopping_table(aggregate: pd.DataFrame, curves: pd.DataFrame,
+                   patiences: tuple[int, ...] = PATIENCES) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What `stop: converged` would change on a study's finished runs, replayed per patience:
+    per task, how many cells stop early, the share of steps they keep, the mean and worst change
+    of the final and best test accuracy (points); and every cell whose final accuracy it lowers
+    by more than a point, with the rows it serves."""
+    rows_of = (aggregate.assign(row=aggregate["ablation"] + "/" + aggregate["label"].astype(str))
+               .groupby("cell_id").agg(task=("task", "first"), seed=("seed", "first"),
+                                       rows=("row", lambda r: ", ".join(sorted(set(r))))))
+    summary, losers = [], []
+    for patience in patiences:
+        replayed = replay(curves[curves["cell_id"].isin(rows_of.index)], patience).join(rows_of, on="cell_id")
+        for task, cells in replayed.groupby("task", sort=True):
+            summary.append({"patience": patience, "task": task, "cells": len(cells),
+                            "stopped": int((cells["stop_step"] < cells["steps"]).sum()),
+                            "steps_kept": cells["stop_step"].sum() / cells["steps"].sum(),
+                            "final_mean": 100 * cells["final_change"].mean(),
+                            "final_worst": 100 * cells["final_change"].min(),
+                            "best_mean": 100 * cells["best_change"].mean(),
+                            "lose_over_1": int((cells["final_change"] < -LOSS).sum())})
+        lost = replayed[replayed["final_change"] < -LOSS]
+        losers.append(lost.assign(patience=patience))
+    columns = ["patience", "task", "rows", "seed", "cell_id", "stop_step", "steps", "final", "final_stopped"]
+    return pd.DataFrame(summary), pd.concat(losers)[columns].reset_index(drop=True)
+
+
+def stopping_markdown(summary: pd.DataFrame, losers: pd.DataFrame, title: str) -> str:
+    """The replay as a page: the per-task table, then the cells that lose more than a point."""
+    head = (f"# {title}\n\nEach finished cell's test-accuracy curve replayed under `stop: converged` "
+            "(stop once `patience` evaluations in a row gain less than a point on the best before "
+            "them; exact for a deterministic run, which stops as its budget run cut short). "
+            "`steps_kept`: the stopped runs' steps over the budget's; changes in points of test "
+            "accuracy, stopped minus budget.\n\n")
+    table = summary.to_markdown(index=False, floatfmt=".2f")
+    if losers.empty:
+        return head + table + "\n\nNo cell loses more than a point of final accuracy.\n"
+    shown = losers.assign(final=100 * losers["final"], final_stopped=100 * losers["final_stopped"])
+    return (head + table + "\n\nCells whose final accuracy drops by more than a point:\n\n"
+            + shown.to_markdown(index=False, floatfmt=".1f") + "\n")

@@ -74,3 +74,28 @@ def test_a_stopping_run_killed_and_resumed_stops_at_the_same_step_with_the_same_
     pd.testing.assert_frame_equal(results.read_curve(killed).drop(columns=["wall_time_s"]),
                                   results.read_curve(tmp_path / "whole").drop(columns=["wall_time_s"]))
     assert results.read_summary(killed)["stop_reason"].iloc[0].startswith("converged")
+
+
+def test_the_stopping_table_counts_what_stopping_changes_and_names_the_cells_it_costs():
+    def rows(cell_id, accuracies):
+        return [{"cell_id": cell_id, "step": 10 * (i + 1), "test_acc": a, "val_acc": math.nan}
+                for i, a in enumerate(accuracies)]
+
+    curves = pd.DataFrame(
+        rows("flat", [0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6])  # stops at step 50, same final
+        + rows("late", [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9])  # stops at 40, loses 40 points
+        + rows("climbs", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]))  # never stops
+    aggregate = pd.DataFrame({"cell_id": ["flat", "late", "late", "climbs", "other"],
+                              "ablation": ["a", "a", "b", "a", "a"], "label": ["x", "y", "z", "w", "v"],
+                              "task": ["bit-xor", "bit-xor", "bit-xor", "mnist", "mnist"],
+                              "seed": [0, 1, 1, 0, 2]})
+    summary, losers = convergence.stopping_table(aggregate, curves, patiences=(3,))
+    xor = summary.set_index("task").loc["bit-xor"]
+    assert (xor["cells"], xor["stopped"], xor["lose_over_1"]) == (2, 2, 1)
+    assert xor["steps_kept"] == (50 + 40) / (80 + 80)
+    assert xor["final_worst"] == -40.0 and xor["final_mean"] == -20.0
+    mnist = summary.set_index("task").loc["mnist"]  # "other" has no curve: not counted
+    assert (mnist["cells"], mnist["stopped"], mnist["steps_kept"]) == (1, 0, 1.0)
+    assert losers[["cell_id", "rows", "stop_step"]].values.tolist() == [["late", "a/y, b/z", 40]]
+    page = convergence.stopping_markdown(summary, losers, "stopping")
+    assert "a/y, b/z" in page and "more than a point" in page

@@ -62,6 +62,7 @@ rule draw_figures:
 rule draw_compute:
     input:
         table=f"{STUDY.results_dir}/aggregate.parquet",
+        curves=f"{STUDY.results_dir}/curves.parquet",
         description=STUDY.description_file,
     output:
         png=update(
@@ -79,6 +80,13 @@ rule draw_compute:
             )
         ),
         tex=update(f"{STUDY.figures_dir}/compute.tex"),
+        stopping=update(
+            report(
+                f"{STUDY.figures_dir}/stopping.md",
+                caption="../report/stopping.rst",
+                category="Compute",
+            )
+        ),
     log:
         f"{STUDY.logs_dir}/compute.log",
     conda:
