@@ -209,6 +209,7 @@ class Stages:
         out = []
         for name in [*self.grid.ablations, "compute"]:
             out += [f"{self.figures_dir}/{name}.{ext}" for ext in ("png", "md", "tex")]
+        out.append(f"{self.figures_dir}/stopping.md")
         out += [f"{self.figures_dir}/attention-{task}.png" for task in self.attention_cells()]
         if self.cka_models():
             out += [f"{self.figures_dir}/cka.png", f"{self.figures_dir}/cka.md"]
