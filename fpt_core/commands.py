@@ -55,8 +55,7 @@ def plan_main(argv: list[str] | None = None) -> int:
         rate = (measure.MeasuredRate(args.device, args.max_keys, args.budget,
                                      threads=study.resources.threads) if args.measure
                 else calibration.rate() if calibration else plan.StatedRate(args.gpu or plan.DEFAULT_GPU))
-        df = plan.estimate(study.grid, rate, converge=study.convergence(),
-                           together=study.resources.together, feature_cache=study.run.feature_cache)
+        df = study.estimate(rate)
     except (ConfigError, DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

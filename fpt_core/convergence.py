@@ -8,14 +8,32 @@ evaluations old. The rule reads only the curve, which checkpoints carry, so a re
 where an uninterrupted one would. It watches validation accuracy where the cell has a
 validation split (a stop decided on the test split would select on it) and test accuracy
 otherwise, as the paper's own curves did.
+
+A run whose best accuracy is still at its task's floor (chance, or the trivial baseline where a
+task has one) has not converged but not yet started: the paper's frozen random transformer sat
+at chance on bit-xor for thousands of steps before it solved the task (Table 6: 20,000 steps),
+so the rule waits for a run to leave its floor. A run that never leaves it trains its budget.
 """
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Mapping
 
 import pandas as pd
 
+from fpt_core import catalog
+
 WITHIN = 0.01  # a point of accuracy: the paper's Table 6 counts a run converged within one
+LEARNED_MARGIN = 0.02  # a run has left its task's floor once it is more than this above it
+
+
+@functools.cache
+def task_floor(task: str) -> float:
+    """What a run that learned nothing scores on a registered task: the higher of chance and the
+    trivial baseline (0 for a task not registered here)."""
+    row = catalog.TASKS.get(task)
+    return max(row.chance, row.baseline or 0.0) if row else 0.0
 
 
 def monitored(curve: list[dict]) -> str:
@@ -23,35 +41,38 @@ def monitored(curve: list[dict]) -> str:
     return "val_acc" if curve and not math.isnan(curve[-1].get("val_acc", math.nan)) else "test_acc"
 
 
-def converged(curve: list[dict], patience: int, within: float = WITHIN) -> bool:
+def converged(curve: list[dict], patience: int, within: float = WITHIN, floor: float = 0.0) -> bool:
     """Whether the last `patience` evaluations of `curve` gained less than `within` on the best
-    accuracy before them."""
+    accuracy before them, once the run has left its task's `floor`."""
     if len(curve) <= patience:
         return False
     key = monitored(curve)
     accuracy = [row[key] for row in curve]
+    if max(accuracy) <= floor + LEARNED_MARGIN:
+        return False
     return max(accuracy[-patience:]) < max(accuracy[:-patience]) + within
 
 
-def stop_index(curve: list[dict], patience: int, within: float = WITHIN) -> int | None:
+def stop_index(curve: list[dict], patience: int, within: float = WITHIN, floor: float = 0.0) -> int | None:
     """The evaluation at which a run with this curve would have stopped (None: never): replays
     the online rule on a finished run's curve."""
     for end in range(patience + 1, len(curve) + 1):
-        if converged(curve[:end], patience, within):
+        if converged(curve[:end], patience, within, floor):
             return end - 1
     return None
 
 
-def replay(curves: pd.DataFrame, patience: int, within: float = WITHIN) -> pd.DataFrame:
+def replay(curves: pd.DataFrame, patience: int, within: float = WITHIN,
+           floors: Mapping[str, float] | None = None) -> pd.DataFrame:
     """Per cell of finished runs' `curves` (results.CURVE_COLUMNS), what `stop: converged` with
-    this patience would have changed: the step it stops at (its budget where it never stops),
-    and the final and best test accuracy at that step beside the whole budget's. Exact for a
-    deterministic run: a run that stops is the budget run cut short (the rule reads only its
-    curve)."""
+    this patience (and each cell's task floor in `floors`, 0 where absent) would have changed:
+    the step it stops at (its budget where it never stops), and the final and best test
+    accuracy at that step beside the whole budget's. Exact for a deterministic run: a run that
+    stops is the budget run cut short (the rule reads only its curve)."""
     rows = []
     for cell_id, curve in curves.sort_values(["cell_id", "step"], kind="stable").groupby("cell_id", sort=False):
         records = curve.to_dict("records")
-        stop = stop_index(records, patience, within)
+        stop = stop_index(records, patience, within, (floors or {}).get(cell_id, 0.0))
         kept = records if stop is None else records[:stop + 1]
         rows.append({"cell_id": cell_id, "evaluations": len(records), "steps": records[-1]["step"],
                      "stop_step": kept[-1]["step"], "final": records[-1]["test_acc"],
@@ -79,7 +100,8 @@ def stopping_table(aggregate: pd.DataFrame, curves: pd.DataFrame,
                                        rows=("row", lambda r: ", ".join(sorted(set(r))))))
     summary, losers = [], []
     for patience in patiences:
-        replayed = replay(curves[curves["cell_id"].isin(rows_of.index)], patience).join(rows_of, on="cell_id")
+        replayed = replay(curves[curves["cell_id"].isin(rows_of.index)], patience,
+                          floors=rows_of["task"].map(task_floor).to_dict()).join(rows_of, on="cell_id")
         for task, cells in replayed.groupby("task", sort=True):
             summary.append({"patience": patience, "task": task, "cells": len(cells),
                             "stopped": int((cells["stop_step"] < cells["steps"]).sum()),

@@ -9,7 +9,8 @@ The levers, each as the config asks for it, and what the plan counts for it:
 - precision: tf32 (or bf16) matrix products where a cell asks, instead of fp32;
 - stopping: `stop: converged` cells run until convergence, which the plan takes from the paper's
   own Table 6 (steps to converge of its pretrained and random runs) plus the cell's patience,
-  instead of their whole budget;
+  instead of their whole budget; a cell whose paper number sits at its task's floor trains its
+  budget, since the rule waits for a run to leave its floor;
 - together: cells that share their frozen weights step together (`train: together`), one
   step's kernel launches serving them all.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fpt_core.convergence import LEARNED_MARGIN, task_floor
 from fpt_core.errors import ConfigError
 from fpt_core.flops import Work, cell_work
 from fpt_core.hardware import GPUS
@@ -100,7 +102,8 @@ class StatedRate:
                 f"MFU {MFU['tensor']:.0%} bf16 and {MFU['fp32']:.0%} fp32, TF32 at bf16's rate, "
                 f"no higher, until measured; + kernel launches, {LAUNCH_S['train'] * 1e3:g} ms per "
                 f"block per step and {LAUNCH_S['eval'] * 1e3:g} ms per block per evaluation batch; "
-                f"stopping from the paper's Table 6 (reported.csv) + each cell's patience")
+                f"stopping from the paper's Table 6 (reported.csv) + each cell's patience, the whole "
+                f"budget where the paper's number sits at its task's floor")
 
 
 def convergence_steps(reported: str | Path | None) -> dict[tuple[str, str], float]:
@@ -113,18 +116,34 @@ def convergence_steps(reported: str | Path | None) -> dict[tuple[str, str], floa
             for kind in ("pretrained", "random") if r.row == TABLE6[kind]}
 
 
-def lever_terms(cell, levers: Levers, converge: dict, companions: int) -> dict:
+def at_floor(grid, reported: str | Path | None) -> frozenset[str]:
+    """Cells whose paper number, in any row they serve, sits at its task's floor (chance or the
+    trivial baseline): the stopping rule waits for a run to leave its floor, so these are
+    expected to train their whole budget."""
+    if reported is None or not Path(reported).is_file():
+        return frozenset()
+    table = pd.read_csv(reported)
+    value = {(r.experiment, r.row, r.task): float(r.value) for r in table.itertuples()}
+    return frozenset(
+        m.cell_id for m in grid.members
+        if (m.experiment, m.label, m.task) in value
+        and value[(m.experiment, m.label, m.task)] / 100 <= task_floor(m.task) + LEARNED_MARGIN)
+
+
+def lever_terms(cell, levers: Levers, converge: dict, companions: int,
+                floored: frozenset[str] = frozenset()) -> dict:
     """The precision, steps and companions a cell's time is priced at with `levers` pulled."""
     return {"precision": cell.precision if levers.precision else "fp32",
-            "steps": expected_steps(cell, converge) if levers.stopping else cell.steps,
+            "steps": expected_steps(cell, converge, floored) if levers.stopping else cell.steps,
             "companions": companions if levers.together else 1}
 
 
-def expected_steps(cell, converge: dict) -> int:
+def expected_steps(cell, converge: dict, floored: frozenset[str] = frozenset()) -> int:
     """The steps a cell is expected to run: its budget, or with stop: converged, the paper's
     steps to converge for its task (pretrained language blocks, or otherwise random ones) and
-    `patience` evaluations more, at most the budget."""
-    if cell.stop != "converged":
+    `patience` evaluations more, at most the budget; its budget where the paper's run never left
+    the task's floor (`floored`)."""
+    if cell.stop != "converged" or cell.id in floored:
         return cell.steps
     kind = "pretrained" if cell.init == "pretrained" and "/" not in cell.backbone else "random"
     known = converge.get((cell.task, kind))
@@ -134,7 +153,7 @@ def expected_steps(cell, converge: dict) -> int:
 
 
 def estimate(grid, rate, *, converge: dict | None = None, together: int = 1,
-             feature_cache: bool = True) -> pd.DataFrame:
+             feature_cache: bool = True, floored: frozenset[str] = frozenset()) -> pd.DataFrame:
     """One row per cell, pretraining included: cell_id, ablations, task, backbone, steps (the
     budget), expected_steps, flops_per_step, companions, seconds and hours as configured, the
     hours of each lever stage (STAGES), and how the seconds were found."""
@@ -150,12 +169,12 @@ def estimate(grid, rate, *, converge: dict | None = None, together: int = 1,
     rows = []
     for cell, names in cells:
         work = works[cell.id]
-        stages = {name: rate.seconds(work, **lever_terms(cell, levers, converge, companions[cell.id]))
+        stages = {name: rate.seconds(work, **lever_terms(cell, levers, converge, companions[cell.id], floored))
                   for name, levers in STAGES}
-        seconds = rate.seconds(work, **lever_terms(cell, Levers(), converge, companions[cell.id]))
+        seconds = rate.seconds(work, **lever_terms(cell, Levers(), converge, companions[cell.id], floored))
         rows.append({"cell_id": cell.id, "ablations": ",".join(names), "task": cell.task,
                      "backbone": cell.backbone, "steps": cell.steps,
-                     "expected_steps": expected_steps(cell, converge),
+                     "expected_steps": expected_steps(cell, converge, floored),
                      "flops_per_step": float(work.step_flops), "companions": companions[cell.id],
                      "seconds": seconds, "hours": seconds / 3600,
                      **{name: s / 3600 for name, s in stages.items()},

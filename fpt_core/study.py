@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fpt_core import grid as grids
 from fpt_core import hardware, pack, schema, smoke
@@ -31,7 +31,7 @@ from fpt_core.calibrate import Calibration
 from fpt_core.configfile import load_strict
 from fpt_core.errors import ConfigError
 from fpt_core.flops import cell_work
-from fpt_core.plan import StatedRate, convergence_steps, runtime_minutes_for
+from fpt_core.plan import StatedRate, at_floor, convergence_steps, estimate, runtime_minutes_for
 from fpt_core.results import MODEL, SUMMARY
 from fpt_core.run import RUN_FIELDS, Resources, Run
 from fpt_core.stages import Stages
@@ -41,6 +41,9 @@ DEFAULT_CONFIG = "config/config.yaml"
 CELLS = "results/cells"  # shared by every study: a cell is its id
 PRETRAIN = "results/pretrain"
 CKA = "results/cka"
+if TYPE_CHECKING:
+    import pandas as pd
+
 OWN_BLOCKS = ("ablations", "attention", "cka")  # what a config that extends another names itself
 
 
@@ -194,6 +197,15 @@ class Study(Stages):
     def convergence(self) -> dict:
         """The paper's steps to converge by task and init (its Table 6), for plans."""
         return convergence_steps(self.figures_settings()["reported"])
+
+    def floored(self) -> frozenset[str]:
+        """Cells whose paper number sits at the task's floor: a plan prices them at their budget."""
+        return at_floor(self.grid, self.figures_settings()["reported"])
+
+    def estimate(self, rate) -> pd.DataFrame:
+        """`fpt plan`'s table of the study at `rate` (plan.estimate), with every lever as configured."""
+        return estimate(self.grid, rate, converge=self.convergence(), floored=self.floored(),
+                        together=self.resources.together, feature_cache=self.run.feature_cache)
 
     @cached_property
     def calibration(self) -> Calibration | None:

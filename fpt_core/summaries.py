@@ -12,6 +12,7 @@ import pandas as pd
 
 from fpt_core import catalog
 from fpt_core.atomic import atomic_path
+from fpt_core.convergence import LEARNED_MARGIN  # a run learned once more than this above its floor
 
 PAPER = ('Lu et al. 2021, "Pretrained Transformers as Universal Computation Engines", '
          "arXiv 2103.05247")
@@ -19,9 +20,6 @@ PAPER_SHORT = "Lu et al. 2021 (arXiv 2103.05247)"
 
 BASELINE = "trivial baseline"  # a task's trivial strategy above chance, in legends and tables
 
-# A run has learned once its final accuracy is more than this above its task's floor (the
-# higher of chance and the trivial baseline); below it, its "convergence" is a flat line.
-LEARNED_MARGIN = 0.02
 MARKS = ("†", "‡", "§", "¶")  # footnote markers of rows whose paper number is another setting
 
 

@@ -3,6 +3,7 @@ and the replay that measures what the switch changes on finished runs."""
 import math
 
 import pandas as pd
+import pytest
 from _runs import fpt, kill_after_first_checkpoint
 
 from fpt_core import convergence, results
@@ -76,6 +77,15 @@ def test_a_stopping_run_killed_and_resumed_stops_at_the_same_step_with_the_same_
     assert results.read_summary(killed)["stop_reason"].iloc[0].startswith("converged")
 
 
+def test_a_run_still_at_its_task_floor_has_not_converged():
+    plateau = curve(0.5, 0.51, 0.5, 0.5, 0.5)  # bit-xor at chance: waiting to start, not converged
+    assert not convergence.converged(plateau, 3, floor=convergence.task_floor("bit-xor"))
+    assert convergence.converged(plateau, 3)  # without its floor the rule would stop it
+    assert convergence.converged(curve(0.6, 0.6, 0.6, 0.6), 3, floor=convergence.task_floor("bit-xor"))
+    assert convergence.task_floor("bit-memory") == 0.75  # the trivial baseline, above chance
+    assert convergence.task_floor("bit-xor") == 0.5
+
+
 def test_the_stopping_table_counts_what_stopping_changes_and_names_the_cells_it_costs():
     def rows(cell_id, accuracies):
         return [{"cell_id": cell_id, "step": 10 * (i + 1), "test_acc": a, "val_acc": math.nan}
@@ -83,17 +93,18 @@ def test_the_stopping_table_counts_what_stopping_changes_and_names_the_cells_it_
 
     curves = pd.DataFrame(
         rows("flat", [0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6])  # stops at step 50, same final
-        + rows("late", [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9])  # stops at 40, loses 40 points
+        + rows("late", [0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.9])  # stops at 40, loses 30 points
+        + rows("chance", [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9])  # at bit-xor's floor: never stops
         + rows("climbs", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]))  # never stops
-    aggregate = pd.DataFrame({"cell_id": ["flat", "late", "late", "climbs", "other"],
-                              "ablation": ["a", "a", "b", "a", "a"], "label": ["x", "y", "z", "w", "v"],
-                              "task": ["bit-xor", "bit-xor", "bit-xor", "mnist", "mnist"],
-                              "seed": [0, 1, 1, 0, 2]})
+    aggregate = pd.DataFrame({"cell_id": ["flat", "late", "late", "chance", "climbs", "other"],
+                              "ablation": ["a", "a", "b", "a", "a", "a"], "label": ["x", "y", "z", "u", "w", "v"],
+                              "task": ["bit-xor", "bit-xor", "bit-xor", "bit-xor", "mnist", "mnist"],
+                              "seed": [0, 1, 1, 2, 0, 2]})
     summary, losers = convergence.stopping_table(aggregate, curves, patiences=(3,))
     xor = summary.set_index("task").loc["bit-xor"]
-    assert (xor["cells"], xor["stopped"], xor["lose_over_1"]) == (2, 2, 1)
-    assert xor["steps_kept"] == (50 + 40) / (80 + 80)
-    assert xor["final_worst"] == -40.0 and xor["final_mean"] == -20.0
+    assert (xor["cells"], xor["stopped"], xor["lose_over_1"]) == (3, 2, 1)
+    assert xor["steps_kept"] == (50 + 40 + 80) / (3 * 80)
+    assert xor["final_worst"] == pytest.approx(-30.0) and xor["final_mean"] == pytest.approx(-10.0)
     mnist = summary.set_index("task").loc["mnist"]  # "other" has no curve: not counted
     assert (mnist["cells"], mnist["stopped"], mnist["steps_kept"]) == (1, 0, 1.0)
     assert losers[["cell_id", "rows", "stop_step"]].values.tolist() == [["late", "a/y, b/z", 40]]

@@ -189,8 +189,7 @@ def test_runtime_requests_differ_by_task_and_keep_the_headroom():
 
 def test_the_paper_plan_with_its_levers_is_at_most_3000_a100_hours():
     study = Study.load("config/paper.yaml")
-    df = plan.estimate(study.grid, plan.StatedRate("a100-80gb"), converge=study.convergence(),
-                       together=study.resources.together)
+    df = study.estimate(plan.StatedRate("a100-80gb"))
     assert len(df) == len(study.grid.cells) + len(study.grid.pretrain)
     assert df["cell_id"].is_unique and (df["seconds"] > 0).all()
     text = plan.summarize(df)
@@ -264,3 +263,17 @@ def test_a_yaml_slip_in_a_configfile_is_one_line_with_its_line_number(tmp_path, 
     assert plan_main(["--configfile", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [err] and f"{path}, line 4: not valid YAML" in err
+
+
+def test_a_cell_whose_paper_number_sits_at_its_floor_is_priced_at_its_budget():
+    study = Study.load("config/paper.yaml")
+    floored = study.floored()
+    rows = {(m.experiment, m.label, m.task): m.cell_id for m in study.grid.members}
+    assert rows[("transformer-vs-lstm", "frozen-random-lstm", "bit-xor")] in floored  # paper: 50.0
+    assert rows[("pretraining-modality", "random", "bit-memory")] in floored  # 75.8: the 75% baseline
+    assert rows[("headline", "fpt", "bit-xor")] not in floored  # 100
+    lstm = study.grid.cells[rows[("transformer-vs-lstm", "frozen-random-lstm", "bit-xor")]]
+    converge = study.convergence()
+    assert plan.expected_steps(lstm, converge, floored) == lstm.steps
+    assert plan.expected_steps(lstm, converge) < lstm.steps
+    assert plan.at_floor(study.grid, None) == frozenset()
