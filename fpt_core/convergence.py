@@ -118,9 +118,12 @@ def stopping_table(aggregate: pd.DataFrame, curves: pd.DataFrame,
 
 def stopping_markdown(summary: pd.DataFrame, losers: pd.DataFrame, title: str) -> str:
     """The replay as a page: the per-task table, then the cells that lose more than a point."""
-    head = (f"# {title}\n\nEach finished cell's test-accuracy curve replayed under `stop: converged` "
-            "(stop once `patience` evaluations in a row gain less than a point on the best before "
-            "them; exact for a deterministic run, which stops as its budget run cut short). "
+    head = (f"# {title}\n\nEach finished cell's curve replayed under `stop: converged` (stop once "
+            "`patience` evaluations in a row gain less than a point on the best before them, read on "
+            "validation accuracy where the cell has a split, else test, and never while the best is "
+            f"within {100 * LEARNED_MARGIN:.0f} points of the task's chance or trivial baseline; exact "
+            "for a deterministic run, "
+            "which stops as its budget run cut short). "
             "`steps_kept`: the stopped runs' steps over the budget's; changes in points of test "
             "accuracy, stopped minus budget.\n\n")
     table = summary.to_markdown(index=False, floatfmt=".2f")
