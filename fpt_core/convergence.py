@@ -19,10 +19,12 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 import pandas as pd
 
 from fpt_core import catalog
+from fpt_core.atomic import atomic_path
 
 WITHIN = 0.01  # a point of accuracy: the paper's Table 6 counts a run converged within one
 LEARNED_MARGIN = 0.02  # a run has left its task's floor once it is more than this above it
@@ -86,7 +88,6 @@ def replay(curves: pd.DataFrame, patience: int, within: float = WITHIN,
 
 
 PATIENCES = (3, 5)  # the default grid's cells evaluate about 10 times: longer waits never stop
-LOSS = 0.01  # a cell that loses more than a point by stopping is named, and keeps its budget
 
 
 def stopping_table(aggregate: pd.DataFrame, curves: pd.DataFrame,
@@ -109,11 +110,21 @@ def stopping_table(aggregate: pd.DataFrame, curves: pd.DataFrame,
                             "final_mean": 100 * cells["final_change"].mean(),
                             "final_worst": 100 * cells["final_change"].min(),
                             "best_mean": 100 * cells["best_change"].mean(),
-                            "lose_over_1": int((cells["final_change"] < -LOSS).sum())})
-        lost = replayed[replayed["final_change"] < -LOSS]
+                            "lose_over_1": int((cells["final_change"] < -WITHIN).sum())})
+        lost = replayed[replayed["final_change"] < -WITHIN]
         losers.append(lost.assign(patience=patience))
     columns = ["patience", "task", "rows", "seed", "cell_id", "stop_step", "steps", "final", "final_stopped"]
     return pd.DataFrame(summary), pd.concat(losers)[columns].reset_index(drop=True)
+
+
+def write_stopping(table_path: str | Path, curves_path: str | Path, md: str | Path, study: str) -> pd.DataFrame:
+    """figures/<study>/stopping.md from the study's aggregate and curve tables; returns the
+    per-task summary."""
+    summary, losers = stopping_table(pd.read_parquet(table_path), pd.read_parquet(curves_path))
+    with atomic_path(Path(md)) as tmp:
+        tmp.write_text(stopping_markdown(summary, losers, f"stopping at convergence in the {study} study"),
+                       encoding="utf-8")
+    return summary
 
 
 def stopping_markdown(summary: pd.DataFrame, losers: pd.DataFrame, title: str) -> str:
@@ -122,8 +133,7 @@ def stopping_markdown(summary: pd.DataFrame, losers: pd.DataFrame, title: str) -
             "`patience` evaluations in a row gain less than a point on the best before them, read on "
             "validation accuracy where the cell has a split, else test, and never while the best is "
             f"within {100 * LEARNED_MARGIN:.0f} points of the task's chance or trivial baseline; exact "
-            "for a deterministic run, "
-            "which stops as its budget run cut short). "
+            "for a deterministic run, which stops as its budget run cut short). "
             "`steps_kept`: the stopped runs' steps over the budget's; changes in points of test "
             "accuracy, stopped minus budget.\n\n")
     table = summary.to_markdown(index=False, floatfmt=".2f")

@@ -307,8 +307,8 @@ class Member:
                       file=self.log, flush=True)
             self.metrics.log(state["curve"])
             self.progress.write("running", state)
-            floor = convergence.task_floor(cell.task)
-            if cell.stop == "converged" and convergence.converged(state["curve"], cell.patience, floor=floor):
+            if cell.stop == "converged" and convergence.converged(
+                    state["curve"], cell.patience, floor=convergence.task_floor(cell.task)):
                 state["stop_reason"] = f"converged ({convergence.monitored(state['curve'])})"
                 self.done = True
         if saves and not self.done:

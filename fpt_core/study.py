@@ -37,13 +37,13 @@ from fpt_core.run import RUN_FIELDS, Resources, Run
 from fpt_core.stages import Stages
 from fpt_core.tasks import data_files
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 DEFAULT_CONFIG = "config/config.yaml"
 CELLS = "results/cells"  # shared by every study: a cell is its id
 PRETRAIN = "results/pretrain"
 CKA = "results/cka"
-if TYPE_CHECKING:
-    import pandas as pd
-
 OWN_BLOCKS = ("ablations", "attention", "cka")  # what a config that extends another names itself
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from fpt_core import catalog
 from fpt_core.atomic import atomic_path
-from fpt_core.convergence import LEARNED_MARGIN  # a run learned once more than this above its floor
+from fpt_core.convergence import LEARNED_MARGIN, task_floor
 
 PAPER = ('Lu et al. 2021, "Pretrained Transformers as Universal Computation Engines", '
          "arXiv 2103.05247")
@@ -91,8 +91,7 @@ def baseline(task: str) -> tuple[float, str] | None:
 def floor(task: str) -> float | None:
     """What a model that learned nothing scores, in percent: the higher of chance and the
     trivial baseline (None: the task is unknown here)."""
-    levels = [chance(task), baseline(task)[0] if baseline(task) else None]
-    return max((level for level in levels if level is not None), default=None)
+    return 100 * task_floor(task) if chance(task) is not None else None
 
 
 def baseline_note(tasks: list[str]) -> str:

@@ -7,15 +7,16 @@ from pathlib import Path
 
 from fpt_core import results
 
+FPT = (sys.executable, "-m", "fpt_core.cli")
+
 
 def fpt(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fpt_core.cli", *args], capture_output=True,
-                          text=True, **kw)
+    return subprocess.run([*FPT, *args], capture_output=True, text=True, **kw)
 
 
 def kill_after_first_checkpoint(args: list[str], out: Path) -> None:
     """Start `fpt ARGS out=OUT` and SIGKILL it once its first checkpoint is on disk."""
-    proc = subprocess.Popen([sys.executable, "-m", "fpt_core.cli", *args, f"out={out}"],
+    proc = subprocess.Popen([*FPT, *args, f"out={out}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (out / results.CHECKPOINT).exists() and time.time() < deadline:

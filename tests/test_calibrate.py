@@ -7,9 +7,9 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+import _runs
 import pytest
 
 from fpt_core import commands, measure
@@ -23,9 +23,7 @@ GIB = 1 << 30
 
 
 def fpt(where: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "fpt_core.cli", *args], check=False, cwd=where, env=env,
-                          capture_output=True, text=True)
+    return _runs.fpt(*args, cwd=where, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
 
 
 @contextlib.contextmanager

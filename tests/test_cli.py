@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from _runs import fpt
+from _runs import FPT, fpt
 
 
 def test_params_match_the_paper_for_cifar10_on_gpt2():
@@ -119,7 +119,7 @@ def test_ctrl_c_writes_a_checkpoint_says_one_line_and_the_rerun_resumes(tmp_path
     import time
 
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "fpt_core.cli", "train", "task=bit-xor", "backbone=gpt2-tiny",
+    args = [*FPT, "train", "task=bit-xor", "backbone=gpt2-tiny",
             "init=random", "steps=100000", "eval_every=50", "progress=false", f"out={out}"]
 
     def run_until(marker: Path | str, log: Path) -> tuple[int, str]:
@@ -189,7 +189,7 @@ def test_tensorboard_reads_every_evaluation_of_a_run_stopped_by_ctrl_c_and_resum
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "fpt_core.cli", "train", "task=bit-xor", "backbone=gpt2-tiny",
+    args = [*FPT, "train", "task=bit-xor", "backbone=gpt2-tiny",
             "init=random", "steps=300", "eval_every=50", "eval_size=64", "progress=false",
             "metrics=csv,tensorboard", f"out={out}"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -247,7 +247,7 @@ def test_wandb_offline_run_holds_every_evaluation_across_ctrl_c_and_resume(tmp_p
     out = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")}
-    args = [sys.executable, "-m", "fpt_core.cli", "train", "task=bit-xor", "backbone=gpt2-tiny",
+    args = [*FPT, "train", "task=bit-xor", "backbone=gpt2-tiny",
             "init=random", "steps=300", "eval_every=50", "eval_size=64", "progress=false",
             "metrics=csv,wandb", f"out={out}"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

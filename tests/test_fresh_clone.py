@@ -2,9 +2,9 @@
 committed results and no .snakemake/, run the README's commands. Add an ablation to a copy of
 the default config; start a study of your own; make a slip in a config; a job that fails."""
 import subprocess
-import sys
 from pathlib import Path
 
+import _runs
 import pandas as pd
 import pytest
 import yaml
@@ -30,8 +30,7 @@ def write(where: Path, name: str, config: dict) -> str:
 
 
 def fpt(where: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fpt_core.cli", *args], cwd=where,
-                          capture_output=True, text=True)
+    return _runs.fpt(*args, cwd=where)
 
 
 def test_the_first_command_trains_nothing_and_changes_nothing(clone):

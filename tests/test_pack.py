@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from _runs import FPT
 
 from fpt_core import results
 from fpt_core.backbones.registry import write_tiny_backbones
@@ -83,7 +84,7 @@ def test_a_packed_run_gives_bitwise_the_results_of_one_process_per_cell(tmp_path
         cell_file = tmp_path / f"{cell.id}.yaml"
         cell_file.write_text(json.dumps(cell.to_dict()))
         args = [str(cell_file), "device=cpu", "checkpoint_every=4", "progress=false"]
-        subprocess.run([sys.executable, "-m", "fpt_core.cli", "train", *args,
+        subprocess.run([*FPT, "train", *args,
                         f"out={tmp_path / 'alone' / cell.id}"], check=True, env=ENV,
                        stdout=subprocess.DEVNULL)
     for cell in grid:

@@ -1,6 +1,5 @@
 import signal
 import subprocess
-import sys
 import time
 
 import _taskdata as D
@@ -8,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _runs import fpt, kill_after_first_checkpoint
+from _runs import FPT, fpt, kill_after_first_checkpoint
 
 import fpt_core.train as train_mod
 from fpt_core import member, results
@@ -101,7 +100,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
 def test_sigterm_checkpoints_and_exits_for_requeue(tmp_path):
     args = ["train", "task=bit-xor", "backbone=gpt2-tiny", "init=random", "steps=100000",
             "eval_every=1000", "checkpoint_every=10", "progress=false", f"out={tmp_path}"]
-    proc = subprocess.Popen([sys.executable, "-m", "fpt_core.cli", *args],
+    proc = subprocess.Popen([*FPT, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (tmp_path / results.CHECKPOINT).exists() and time.time() < deadline:
